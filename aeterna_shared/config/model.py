@@ -1,0 +1,495 @@
+"""The configuration model: the spec's YAML keys, as written, with its defaults.
+
+One document configures central and edge alike (the Helm chart renders it from
+values); each service reads the sections it needs. Keys are camelCase in YAML
+and snake_case in Python. Unknown keys are errors, so a typo never silently
+falls back to a default. Sections marked "chart only" are accepted so that the
+spec's values files load unchanged, but only the Helm chart acts on them.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from aeterna_shared.config.units import ByteSize, Duration
+
+
+class Section(BaseModel):
+    """Base of every config section: frozen, strict about unknown keys, camelCase aliases."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        use_attribute_docstrings=True,
+    )
+
+
+# --- cache (edge) -----------------------------------------------------------------
+
+
+class WorkingLayer(Section):
+    ttl: Duration = timedelta(seconds=5)
+    """How long a working-memory value lives when the caller gives no TTL (spec: 1-5 s)."""
+    max_size: ByteSize = 1024**3
+    """Memory bound of the cache (Redis `maxmemory`), for example 1Gi."""
+    eviction_policy: Literal["lru", "lfu", "noeviction"] = "lru"
+    """What the cache evicts when full: lru and lfu map to Redis' allkeys-lru/allkeys-lfu."""
+
+
+class SessionLayer(Section):
+    ttl: Duration = timedelta(hours=24)
+    """How long a session stays in the edge cache after its last write."""
+
+
+class CacheLayers(Section):
+    working: WorkingLayer = WorkingLayer()
+    """Working memory: ephemeral, local to the edge, never synced."""
+    session: SessionLayer = SessionLayer()
+    """Session memory held at the edge."""
+
+
+class CacheConfig(Section):
+    backend: Literal["dragonfly", "redis"] = "dragonfly"
+    """Cache server kind; both speak the Redis protocol."""
+    url: str | None = None
+    """redis:// URL of the cache. Unset: the edge starts and owns a local redis-server."""
+    layers: CacheLayers = CacheLayers()
+    """Per-layer settings."""
+
+
+# --- sync -------------------------------------------------------------------------
+
+
+class CentralServerEndpoint(Section):
+    url: str = "http://127.0.0.1"
+    """Central's address: https:// uses TLS, http:// plaintext (development only)."""
+    port: int = Field(default=8081, ge=1, le=65535)
+    """Central's sync port."""
+    timeout: Duration = timedelta(seconds=30)
+    """Deadline of every call to central."""
+    max_retries: int = Field(default=3, ge=0, le=100)
+    """Retries of a failed call before the batch stays queued."""
+
+    @property
+    def target(self) -> str:
+        """host:port for a gRPC channel."""
+        host = re.sub(r"^[a-z]+://", "", self.url).rstrip("/")
+        host = host.split("/", 1)[0]
+        return host if re.search(r":\d+$", host) else f"{host}:{self.port}"
+
+    @property
+    def uses_tls(self) -> bool:
+        """True when the URL's scheme asks for TLS."""
+        return self.url.startswith(("https://", "grpcs://"))
+
+
+class ServiceAccountAuth(Section):
+    name: str = "aeterna-edge-sync"
+    """Kubernetes service account the edge runs as (chart)."""
+    token_path: str = "/var/run/secrets/aeterna/token"
+    """Projected, audience-bound service-account token file the edge presents."""
+    audience: str = "aeterna-central"
+    """Audience the projected token is bound to; central checks it."""
+
+
+class JwtVerification(Section):
+    jwks_file: str | None = None
+    """JWKS (JSON) file of keys central trusts for OAuth2 or service-account JWTs."""
+    issuer: str | None = None
+    """Required `iss` claim."""
+    audience: str = "aeterna-central"
+    """Required `aud` claim."""
+    clock_skew: Duration = timedelta(seconds=30)
+    """Tolerance on exp/nbf."""
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    """Accepted signature algorithms."""
+
+
+class AuthConfig(Section):
+    method: Literal["apiKey", "oauth2", "serviceAccount", "none"] = "none"
+    """How edges authenticate to central (and agents to an edge): apiKey, oauth2, serviceAccount."""
+    existing_secret: str | None = None
+    """Kubernetes Secret holding the credentials (chart); mounted at `secretDir`."""
+    secret_dir: str | None = None
+    """Directory where the secret is mounted; files apiKey, clientId, clientSecret, tokenUrl."""
+    api_key: str | None = None
+    """API key the edge presents; prefer `secretDir` or the AETERNA_SYNC__AUTH__API_KEY env."""
+    api_keys_file: str | None = None
+    """Central: YAML/JSON file of sha256 key hashes mapped to identities."""
+    token_url: str | None = None
+    """OAuth2 token endpoint (client-credentials grant)."""
+    client_id: str | None = None
+    """OAuth2 client id."""
+    client_secret: str | None = None
+    """OAuth2 client secret; prefer `secretDir`."""
+    scope: str | None = None
+    """OAuth2 scope to request."""
+    service_account: ServiceAccountAuth = ServiceAccountAuth()
+    """Kubernetes service-account token settings."""
+    jwt: JwtVerification = JwtVerification()
+    """How central verifies JWTs (OAuth2 and service-account methods)."""
+
+
+class BatchConfig(Section):
+    max_size: int = Field(default=100, ge=1, le=100_000)
+    """Maximum items per batch."""
+    max_bytes: ByteSize = Field(default=10 * 1024 * 1024, ge=1024)
+    """Maximum encoded batch size; also the max message size after decompression."""
+    flush_interval: Duration = timedelta(seconds=60)
+    """Maximum time before a non-empty batch is forced out."""
+
+
+class LayerSyncToggle(Section):
+    sync_enabled: bool = False
+    """Working memory is never synced; true is refused."""
+
+    @field_validator("sync_enabled")
+    @classmethod
+    def _never(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("working memory is local to the edge and can never be synced")
+        return value
+
+
+class LayerSync(Section):
+    sync_enabled: bool = True
+    """Whether this layer syncs to central."""
+    interval: Duration = timedelta(seconds=60)
+    """How often the layer's collector flushes."""
+    batch_size: int = Field(default=100, ge=1, le=100_000)
+    """Items per batch."""
+    compression: Literal["gzip", "none"] = "gzip"
+    """Compression on the wire."""
+    on_error: Literal["queue"] = "queue"
+    """What happens after the retries: the batch stays queued in the outbox."""
+    mode: Literal["eventual", "strong"] = "eventual"
+    """Episodic only: eventual queues writes; strong waits for central."""
+
+
+def _episodic_layer() -> LayerSync:
+    return LayerSync(interval=timedelta(hours=1), batch_size=1000)
+
+
+class MemoryLayers(Section):
+    working: LayerSyncToggle = LayerSyncToggle()
+    """Working memory sync (never)."""
+    session: LayerSync = LayerSync()
+    """Session memory sync."""
+    episodic: LayerSync = Field(default_factory=_episodic_layer)
+    """Episodic memory (and vector) sync."""
+
+
+class SessionMemorySync(Section):
+    enabled: bool = True
+    """Whether session memory syncs (same meaning as memoryLayers.session.syncEnabled)."""
+    batch_size: int = Field(default=100, ge=1, le=100_000)
+    """Sessions per batch."""
+    interval: Duration = timedelta(seconds=60)
+    """How often dirty sessions are flushed."""
+    compression: Literal["gzip", "none"] = "gzip"
+    """Compression on the wire."""
+    max_retries: int = Field(default=3, ge=0, le=100)
+    """Retries of a batch before it stays queued."""
+    retry_backoff: Literal["exponential"] = "exponential"
+    """Backoff between retries; always with jitter."""
+
+
+class VectorSync(Section):
+    enabled: bool = True
+    """Whether vectors written at the edge sync to central."""
+    batch_size: int = Field(default=1000, ge=1, le=100_000)
+    """Vectors per batch."""
+    interval: Duration = timedelta(hours=1)
+    """How often vectors sync."""
+
+
+class EpisodicMemorySync(Section):
+    enabled: bool = True
+    """Whether episodic memory syncs."""
+    mode: Literal["eventual", "strong"] = "eventual"
+    """eventual: queue and answer at once; strong: answer only once central stored it."""
+    snapshot_interval: Duration = timedelta(days=1)
+    """Central: how often an episodic snapshot is written."""
+    vector_sync: VectorSync = VectorSync()
+    """Vector sync settings."""
+
+
+class NetworkConfig(Section):
+    compression: Literal["gzip", "none"] = "gzip"
+    """gRPC compression for channels and servers."""
+    encryption: Literal["tls12", "tls13"] = "tls12"
+    """Minimum TLS version."""
+    certificate_pinning: bool = False
+    """Whether the edge pins central's certificate by SPKI SHA-256."""
+    pinned_certificates: tuple[str, ...] = ()
+    """Accepted pins, "sha256/<base64>"; several allow rotation."""
+
+    @field_validator("pinned_certificates")
+    @classmethod
+    def _pins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pin in value:
+            if not re.fullmatch(r"sha256/[A-Za-z0-9+/]{43}=", pin):
+                raise ValueError(f"{pin!r} is not a pin of the form sha256/<44 base64 characters>")
+        return value
+
+    @model_validator(mode="after")
+    def _pinning_needs_pins(self) -> NetworkConfig:
+        if self.certificate_pinning and not self.pinned_certificates:
+            raise ValueError("certificatePinning is on but pinnedCertificates is empty")
+        return self
+
+
+class SyncOfflineQueue(Section):
+    mode: Literal["queue"] = "queue"
+    """Writes are queued while central is unreachable."""
+    max_queue_size: int = Field(default=10_000, ge=1)
+    """Maximum queued items per channel; the oldest overflow to the dead-letter store."""
+    queue_ttl: Duration = timedelta(hours=1)
+    """Queued items older than this move to the dead-letter store."""
+    fallback_cache: bool = True
+    """Serve cached results while central is unreachable."""
+
+
+class SigningConfig(Section):
+    key: str | None = None
+    """Edge: HMAC key for batch signatures; prefer `keyFile` or the env override."""
+    key_file: str | None = None
+    """Edge: file holding the HMAC key."""
+    keys_file: str | None = None
+    """Central: YAML/JSON mapping agent id -> HMAC key."""
+    freshness_window: Duration = timedelta(minutes=5)
+    """Central refuses batches whose sent_time is further than this from now."""
+
+
+class SyncConfig(Section):
+    enabled: bool = True
+    """Whether the edge syncs with central at all."""
+    central_server: CentralServerEndpoint = CentralServerEndpoint()
+    """Where central is (edge side)."""
+    auth: AuthConfig = AuthConfig()
+    """Authentication with central."""
+    batch: BatchConfig = BatchConfig()
+    """Batch limits."""
+    memory_layers: MemoryLayers = MemoryLayers()
+    """Per-layer sync."""
+    session_memory: SessionMemorySync = SessionMemorySync()
+    """Session sync (the spec's sync.sessionMemory block)."""
+    episodic_memory: EpisodicMemorySync = EpisodicMemorySync()
+    """Episodic and vector sync."""
+    network: NetworkConfig = NetworkConfig()
+    """Transport settings."""
+    offline: SyncOfflineQueue = SyncOfflineQueue()
+    """Outbox limits while offline."""
+    signing: SigningConfig = SigningConfig()
+    """Batch signatures."""
+    listen_port: int = Field(default=8081, ge=0, le=65535)
+    """Central: sync API port (0 picks a free port)."""
+    max_edges: int = Field(default=1000, ge=1)
+    """Central: maximum registered edges."""
+    rate_limit: str = "100/sec"
+    """Central: per-edge rate limit, "<n>/sec" or "<n>/min"."""
+    rate_limit_burst: int | None = Field(default=None, ge=1)
+    """Token-bucket burst; unset means one second's worth."""
+    max_streams_per_identity: int = Field(default=8, ge=1)
+    """Maximum concurrent streams one identity may hold open."""
+    offline_after: Duration = timedelta(minutes=5)
+    """Central: an edge with no batch for this long is marked offline."""
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+(\.\d+)?/(sec|s|second|min|m|minute)", value.strip()):
+            raise ValueError(f"a rate such as 100/sec or 6000/min, got {value!r}")
+        return value.strip()
+
+    @property
+    def rate_per_second(self) -> float:
+        """The rate limit as requests per second."""
+        amount, unit = self.rate_limit.split("/")
+        return float(amount) / (60.0 if unit.startswith("m") else 1.0)
+
+    @property
+    def session_interval(self) -> timedelta:
+        """Effective session flush interval: memoryLayers.session wins when set explicitly."""
+        layer = self.memory_layers.session
+        return layer.interval if "interval" in layer.model_fields_set else self.session_memory.interval
+
+    @property
+    def session_batch_size(self) -> int:
+        """Effective sessions per batch, bounded by batch.maxSize."""
+        layer = self.memory_layers.session
+        size = layer.batch_size if "batch_size" in layer.model_fields_set else self.session_memory.batch_size
+        return min(size, self.batch.max_size)
+
+    @property
+    def session_sync_enabled(self) -> bool:
+        """Session sync is on only when neither block turns it off."""
+        return self.enabled and self.session_memory.enabled and self.memory_layers.session.sync_enabled
+
+
+# --- offline, health, vectors ------------------------------------------------------
+
+
+class OfflineBehaviour(Section):
+    enabled: bool = True
+    """Whether the edge keeps serving while central is unreachable."""
+    fallback_mode: Literal["cache"] = "cache"
+    """Serve from the edge cache."""
+    decision_queueing: bool = True
+    """Queue decisions for replay on reconnect."""
+    max_queue_size: int = Field(default=5000, ge=1)
+    """Maximum queued decisions; overflow goes to the dead-letter store."""
+    conflict_resolution: Literal["timestamp", "central", "manual"] = "timestamp"
+    """Central: how replayed decisions that conflict with later ones are settled."""
+
+
+class AeternaSection(Section):
+    offline: OfflineBehaviour = OfflineBehaviour()
+    """Offline operation."""
+
+
+class HealthCheck(Section):
+    interval: Duration = timedelta(seconds=30)
+    """Time between health checks of central (also the retry period while offline)."""
+    timeout: Duration = timedelta(seconds=5)
+    """Deadline of one health check."""
+    failure_threshold: int = Field(default=3, ge=1)
+    """Consecutive failures after which the edge goes offline."""
+
+
+class CentralServerSection(Section):
+    health_check: HealthCheck = HealthCheck()
+    """How the edge watches central."""
+
+
+class QdrantCache(Section):
+    enabled: bool = True
+    """Whether vectors fetched from central are cached at the edge."""
+    size: int = Field(default=10_000, ge=1)
+    """How many cached vectors are kept (most frequently accessed win)."""
+    ttl: Duration = timedelta(days=1)
+    """How long a cached vector lives without access."""
+    policy: Literal["frequency"] = "frequency"
+    """Which cached vectors are kept."""
+
+
+class QdrantSection(Section):
+    cache: QdrantCache = QdrantCache()
+    """Edge vector cache."""
+
+
+class VectorDatabase(Section):
+    backend: Literal["pgvector", "qdrant"] = "pgvector"
+    """Central's vector graph: pgvector (default) or a Qdrant server."""
+    dimension: int = Field(default=384, ge=1, le=16_000)
+    """Embedding dimension, the same at central and every edge."""
+    qdrant_url: str | None = None
+    """URL of the Qdrant server when backend is qdrant."""
+    collection: str = "aeterna_vectors"
+    """Qdrant collection name."""
+    qdrant: dict[str, Any] = Field(default_factory=dict)
+    """Chart only: the spec's vectorDatabase.qdrant block."""
+
+
+# --- process-level sections ----------------------------------------------------------
+
+
+class PostgresqlSection(Section):
+    url: str | None = None
+    """postgresql:// URL of central's database. Unset: central starts an embedded PostgreSQL 18 + pgvector."""
+    pool_size: int = Field(default=10, ge=1, le=500)
+    """Connections in central's pool."""
+    cloudnativepg: dict[str, Any] = Field(default_factory=dict)
+    """Chart only: the CloudNativePG cluster."""
+
+
+class TlsSection(Section):
+    enabled: bool = False
+    """Serve (central, edge) with TLS."""
+    cert_file: str | None = None
+    """PEM certificate chain of this server (or of the edge's client identity)."""
+    key_file: str | None = None
+    """PEM private key matching cert_file."""
+    ca_file: str | None = None
+    """PEM CA bundle: central verifies client certificates, edges verify central."""
+    require_client_cert: bool = False
+    """Central: demand a client certificate (mTLS)."""
+    client_pins: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    """Central: per agent id, the SPKI pins its client certificate must match."""
+    cert_manager: dict[str, Any] = Field(default_factory=dict)
+    """Chart only: cert-manager issuer settings."""
+
+
+class CentralSection(Section):
+    data_dir: str = "var/central"
+    """Where central keeps the embedded database, snapshots and state."""
+    listen_host: str = "127.0.0.1"
+    """Address to bind; 0.0.0.0 in a container."""
+    snapshot_dir: str | None = None
+    """Where episodic snapshots go; default <dataDir>/snapshots."""
+    api_keys: dict[str, str] = Field(default_factory=dict)
+    """Development only: agent id -> API key, hashed at load; use sync.auth.apiKeysFile in production."""
+
+
+class EdgeSection(Section):
+    agent_id: str = "edge-agent-1"
+    """This edge's agent id (must match its credential)."""
+    region: str = "local"
+    """This edge's region."""
+    tenant_id: str = "default"
+    """Tenant this edge serves."""
+    data_dir: str = "var/edge"
+    """Where the outbox, the Qdrant Edge shard, the policy bundle and an owned Redis live."""
+    listen_host: str = "127.0.0.1"
+    """Address to bind; 0.0.0.0 in a container."""
+    listen_port: int = Field(default=50051, ge=0, le=65535)
+    """Agent-facing port (0 picks a free port)."""
+
+
+class TelemetrySection(Section):
+    metrics_port: int = Field(default=8080, ge=0, le=65535)
+    """Prometheus /metrics port (0 picks a free port)."""
+    metrics_enabled: bool = True
+    """Serve /metrics."""
+    tracing_enabled: bool = True
+    """Create OpenTelemetry spans for RPCs."""
+    log_format: Literal["json", "text"] = "json"
+    """Log line format."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Log level."""
+
+
+class AeternaConfig(Section):
+    deployment_mode: Literal["central", "edge", "hybrid"] = "hybrid"
+    """Which part this document configures; hybrid accepts both."""
+    cache: CacheConfig = CacheConfig()
+    """Edge cache (the spec's cache block)."""
+    sync: SyncConfig = SyncConfig()
+    """Sync between edge and central."""
+    aeterna: AeternaSection = AeternaSection()
+    """Offline behaviour (the spec's aeterna.offline block)."""
+    central_server: CentralServerSection = CentralServerSection()
+    """Health checking of central (the spec's centralServer block)."""
+    qdrant: QdrantSection = QdrantSection()
+    """Edge vector cache (the spec's qdrant.cache block)."""
+    vector_database: VectorDatabase = VectorDatabase()
+    """Central vector graph."""
+    postgresql: PostgresqlSection = PostgresqlSection()
+    """Central's database."""
+    tls: TlsSection = TlsSection()
+    """TLS for the server and for the link to central."""
+    central: CentralSection = CentralSection()
+    """Central process settings."""
+    edge: EdgeSection = EdgeSection()
+    """Edge process settings."""
+    telemetry: TelemetrySection = TelemetrySection()
+    """Metrics, traces and logs."""
+    opal: dict[str, Any] = Field(default_factory=dict)
+    """Chart only: the spec's opal block (Cedar policies are served by central here)."""
