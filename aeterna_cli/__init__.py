@@ -1,0 +1,1 @@
+"""The ``aeterna`` command: one entry point, subcommands contributed by each package."""

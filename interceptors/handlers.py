@@ -1,0 +1,112 @@
+"""One way to wrap any gRPC aio method handler, whatever its RPC shape.
+
+Every server interceptor here needs to run code around the servicer for all
+four shapes (unary/stream in, unary/stream out) while keeping the handler's
+serializers. ``wrap_handler`` does that once: the caller supplies an async
+``around`` hook that receives the method name, the context, and a thunk that
+runs the servicer; for streamed responses the hook wraps an async iterator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+import grpc
+from grpc import aio
+
+UnaryCall = Callable[[], Awaitable[Any]]
+
+
+class Around(Protocol):
+    """Hooks run around each call; implementers override what they need."""
+
+    async def unary(self, method: str, context: aio.ServicerContext[Any, Any], call: UnaryCall) -> Any:
+        """Run around a call that returns one response."""
+        ...
+
+    def stream(
+        self, method: str, context: aio.ServicerContext[Any, Any], responses: AsyncIterator[Any]
+    ) -> AsyncIterator[Any]:
+        """Wrap the iterator of a call that streams responses."""
+        ...
+
+    def requests(
+        self, method: str, context: aio.ServicerContext[Any, Any], requests: AsyncIterator[Any]
+    ) -> AsyncIterator[Any]:
+        """Wrap the iterator of incoming stream messages (client and bidi streams)."""
+        ...
+
+
+async def _as_async_iter(result: Any) -> AsyncIterator[Any]:
+    if hasattr(result, "__aiter__"):
+        async for item in result:
+            yield item
+    else:
+        for item in await result if hasattr(result, "__await__") else result:
+            yield item
+
+
+def wrap_handler(
+    handler: grpc.RpcMethodHandler | None, method: str, hooks: Around
+) -> grpc.RpcMethodHandler | None:
+    """Return a handler that runs ``hooks`` around ``handler``'s behaviour."""
+    if handler is None:
+        return None
+    if handler.unary_unary is not None:
+        inner_uu = handler.unary_unary
+
+        async def unary_unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            return await hooks.unary(method, context, lambda: inner_uu(request, context))
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream is not None:
+        inner_us = handler.unary_stream
+
+        def unary_stream(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            return hooks.stream(method, context, _as_async_iter(inner_us(request, context)))
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.stream_unary is not None:
+        inner_su = handler.stream_unary
+
+        async def stream_unary(requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]) -> Any:
+            wrapped = hooks.requests(method, context, requests)
+            return await hooks.unary(method, context, lambda: inner_su(wrapped, context))
+
+        return grpc.stream_unary_rpc_method_handler(
+            stream_unary, handler.request_deserializer, handler.response_serializer
+        )
+    inner_ss = handler.stream_stream
+    assert inner_ss is not None
+
+    def stream_stream(
+        requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        wrapped = hooks.requests(method, context, requests)
+        return hooks.stream(method, context, _as_async_iter(inner_ss(wrapped, context)))
+
+    return grpc.stream_stream_rpc_method_handler(
+        stream_stream, handler.request_deserializer, handler.response_serializer
+    )
+
+
+class PassThrough:
+    """An ``Around`` that does nothing; interceptors subclass it and override one hook."""
+
+    async def unary(self, method: str, context: aio.ServicerContext[Any, Any], call: UnaryCall) -> Any:
+        return await call()
+
+    def stream(
+        self, method: str, context: aio.ServicerContext[Any, Any], responses: AsyncIterator[Any]
+    ) -> AsyncIterator[Any]:
+        return responses
+
+    def requests(
+        self, method: str, context: aio.ServicerContext[Any, Any], requests: AsyncIterator[Any]
+    ) -> AsyncIterator[Any]:
+        return requests
