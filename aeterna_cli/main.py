@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from central_svc import cli as central_cli
 from edge_svc import cli as edge_cli
+
 from interceptors import cli as certs_cli
 
 Command = Callable[[argparse.Namespace], int]

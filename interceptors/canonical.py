@@ -27,7 +27,7 @@ class SignedRequest(Protocol):
     @property
     def header(self) -> sync_pb2.BatchHeader: ...
 
-    def SerializeToString(self, *, deterministic: bool = ...) -> bytes: ...  # noqa: N802
+    def SerializeToString(self, *, deterministic: bool = ...) -> bytes: ...
 
 
 def session_checksum(session: memory_pb2.Session) -> str:

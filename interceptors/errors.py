@@ -75,9 +75,7 @@ def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:
 def to_status_proto(error: AeternaError) -> status_pb2.Status:
     """The ``google.rpc.Status`` for a domain error, details included."""
     code = code_for(error)
-    details = [
-        _pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata))
-    ]
+    details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata))]
     if isinstance(error, InvalidArgument) and error.violations:
         details.append(
             _pack(
@@ -149,7 +147,7 @@ class _ErrorHooks(PassThrough):
                 raise
             await _abort_for(context, method, error)
 
-    async def stream(  # type: ignore[override]
+    async def stream(
         self, method: str, context: aio.ServicerContext[Any, Any], responses: AsyncIterator[Any]
     ) -> AsyncIterator[Any]:
         try:
@@ -175,6 +173,6 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
         self,
         continuation: Any,
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         return wrap_handler(handler, handler_call_details.method, self._hooks)

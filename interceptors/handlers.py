@@ -47,14 +47,12 @@ async def _as_async_iter(result: Any) -> AsyncIterator[Any]:
             yield item
 
 
-def wrap_handler(
-    handler: grpc.RpcMethodHandler | None, method: str, hooks: Around
-) -> grpc.RpcMethodHandler | None:
+def wrap_handler(handler: grpc.RpcMethodHandler[Any, Any] | None, method: str, hooks: Around) -> grpc.RpcMethodHandler[Any, Any] | None:
     """Return a handler that runs ``hooks`` around ``handler``'s behaviour."""
     if handler is None:
         return None
     if handler.unary_unary is not None:
-        inner_uu = handler.unary_unary
+        inner_uu: Any = handler.unary_unary
 
         async def unary_unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             return await hooks.unary(method, context, lambda: inner_uu(request, context))
@@ -63,7 +61,7 @@ def wrap_handler(
             unary_unary, handler.request_deserializer, handler.response_serializer
         )
     if handler.unary_stream is not None:
-        inner_us = handler.unary_stream
+        inner_us: Any = handler.unary_stream
 
         def unary_stream(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             return hooks.stream(method, context, _as_async_iter(inner_us(request, context)))
@@ -72,7 +70,7 @@ def wrap_handler(
             unary_stream, handler.request_deserializer, handler.response_serializer
         )
     if handler.stream_unary is not None:
-        inner_su = handler.stream_unary
+        inner_su: Any = handler.stream_unary
 
         async def stream_unary(requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]) -> Any:
             wrapped = hooks.requests(method, context, requests)
@@ -81,12 +79,9 @@ def wrap_handler(
         return grpc.stream_unary_rpc_method_handler(
             stream_unary, handler.request_deserializer, handler.response_serializer
         )
-    inner_ss = handler.stream_stream
-    assert inner_ss is not None
+    inner_ss: Any = handler.stream_stream
 
-    def stream_stream(
-        requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
+    def stream_stream(requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         wrapped = hooks.requests(method, context, requests)
         return hooks.stream(method, context, _as_async_iter(inner_ss(wrapped, context)))
 

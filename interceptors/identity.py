@@ -32,7 +32,9 @@ class Identity:
         """Raise PERMISSION_DENIED unless the identity holds ``scope``."""
         if scope not in self.scopes and "*" not in self.scopes:
             raise PermissionDenied(
-                f"{self.agent_id} lacks the {scope!r} scope", reason="MISSING_SCOPE", metadata={"scope": scope}
+                f"{self.agent_id} lacks the {scope!r} scope",
+                reason="MISSING_SCOPE",
+                metadata={"scope": scope},
             )
 
     def require_agent(self, claimed_agent_id: str) -> None:

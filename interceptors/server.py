@@ -91,9 +91,7 @@ def bind(
     """Bind ``host:port`` (port 0 picks one) and return the bound port."""
     address = f"{host}:{port}"
     bound = (
-        server.add_secure_port(address, credentials)
-        if credentials is not None
-        else server.add_insecure_port(address)
+        server.add_secure_port(address, credentials) if credentials is not None else server.add_insecure_port(address)
     )
     if bound == 0:
         raise OSError(f"cannot bind {address}")

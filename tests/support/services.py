@@ -7,6 +7,7 @@ file inside the service's data directory and are printed when start-up fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -48,8 +49,15 @@ class ServiceProcess:
         self.ready_path.unlink(missing_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [*AETERNA, self.kind, "--config", str(self.config_path), "--ready-file", str(self.ready_path),
-             *self.extra_args],
+            [
+                *AETERNA,
+                self.kind,
+                "--config",
+                str(self.config_path),
+                "--ready-file",
+                str(self.ready_path),
+                *self.extra_args,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
@@ -84,10 +92,8 @@ class ServiceProcess:
     def kill(self) -> None:
         """SIGKILL the whole process group, as a crash would."""
         if self.process is not None and self.process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.process.wait(10)
 
     def log_text(self) -> str:
