@@ -1,0 +1,272 @@
+"""Blocking clients for the demo and operator commands.
+
+They translate between protobuf and plain Python values so that the code that
+tells the story (``aeterna_cli.demo``) never touches generated types.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from aeterna.edge.v1 import edge_pb2, edge_pb2_grpc
+from aeterna.memory.v1 import memory_pb2
+from aeterna.policy.v1 import decision_pb2, policy_pb2, policy_pb2_grpc
+from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
+from google.protobuf import json_format, struct_pb2
+
+AGENT_ID_HEADER = "x-aeterna-agent-id"
+TENANT_ID_HEADER = "x-aeterna-tenant-id"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What an edge decided."""
+
+    effect: str
+    policy_version: int
+    offline: bool
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Where a vector search's hits came from."""
+
+    ids: tuple[str, ...]
+    local_count: int
+    central_count: int
+    partial: bool
+
+
+@dataclass(frozen=True)
+class EdgeStatus:
+    """The parts of GetEdgeStatus the CLI shows."""
+
+    agent_id: str
+    region: str
+    online: bool
+    consecutive_failures: int
+    policy_version: int
+    pending_items: dict[str, int]
+    dead_letters: dict[str, int]
+    local_sessions: int
+    local_vectors: int
+
+
+def _channel_name(channel: int) -> str:
+    return sync_pb2.SyncChannel.Name(channel).removeprefix("SYNC_CHANNEL_").lower()  # type: ignore[arg-type]
+
+
+class EdgeClient:
+    """An agent's view of one edge."""
+
+    def __init__(self, target: str, *, agent_id: str = "demo-agent", tenant_id: str = "default") -> None:
+        self.target = target
+        self._channel = grpc.insecure_channel(target, compression=grpc.Compression.Gzip)
+        self._stub = edge_pb2_grpc.EdgeServiceStub(self._channel)
+        self._metadata = ((AGENT_ID_HEADER, agent_id), (TENANT_ID_HEADER, tenant_id))
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def set_working(self, key: str, value: Any, ttl_seconds: float) -> None:
+        """Store a working-memory value."""
+        request = edge_pb2.SetWorkingMemoryRequest(key=key)
+        json_format.ParseDict(value, request.value)
+        request.ttl.FromNanoseconds(int(ttl_seconds * 1e9))
+        self._stub.SetWorkingMemory(request, metadata=self._metadata, timeout=10)
+
+    def get_working(self, key: str) -> Any | None:
+        """Read a working-memory value; None once it expired."""
+        try:
+            response = self._stub.GetWorkingMemory(
+                edge_pb2.GetWorkingMemoryRequest(key=key), metadata=self._metadata, timeout=10
+            )
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return json_format.MessageToDict(response.value)
+
+    def append_messages(self, session_id: str, user_id: str, texts: Sequence[str], state: dict[str, Any]) -> str:
+        """Append user turns to a session; returns its checksum."""
+        request = edge_pb2.AppendSessionMessagesRequest(session_id=session_id, user_id=user_id)
+        for text in texts:
+            request.messages.add(role="user", content=text)
+        request.state_patch.update(state)
+        response = self._stub.AppendSessionMessages(request, metadata=self._metadata, timeout=10)
+        return response.session.checksum
+
+    def get_session(self, session_id: str) -> tuple[dict[str, Any], str] | None:
+        """A session as a dict and where it came from (local or central); None when absent."""
+        try:
+            response = self._stub.GetSession(
+                edge_pb2.GetSessionRequest(session_id=session_id), metadata=self._metadata, timeout=10
+            )
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        source = edge_pb2.SessionSource.Name(response.source).removeprefix("SESSION_SOURCE_").lower()
+        return json_format.MessageToDict(response.session), source
+
+    def raw_session(self, session_id: str) -> memory_pb2.Session:
+        """The session message itself, for measuring its wire size."""
+        return self._stub.GetSession(
+            edge_pb2.GetSessionRequest(session_id=session_id), metadata=self._metadata, timeout=10
+        ).session
+
+    def flush(self) -> tuple[int, int, int]:
+        """Sync now: (batches acked, items acked, items still pending)."""
+        response = self._stub.FlushSync(edge_pb2.FlushSyncRequest(), metadata=self._metadata, timeout=60)
+        return response.batches_acked, response.items_acked, response.items_pending
+
+    def authorize(self, principal: str, action: str, resource: str, context: dict[str, Any] | None = None) -> Decision:
+        """Ask the edge's Cedar agent."""
+        request = edge_pb2.AuthorizeRequest(principal=principal, action=action, resource=resource)
+        request.context.update(context or {})
+        response = self._stub.Authorize(request, metadata=self._metadata, timeout=10)
+        return Decision(
+            effect=decision_pb2.Effect.Name(response.effect).removeprefix("EFFECT_"),
+            policy_version=response.policy_version,
+            offline=response.offline,
+            reasons=tuple(response.determining_policies),
+        )
+
+    def upsert_vectors(self, vectors: Iterable[tuple[str, Sequence[float], dict[str, Any]]]) -> int:
+        """Write vectors (id, values, payload) into the edge's subset."""
+        request = edge_pb2.UpsertVectorsRequest()
+        for vector_id, values, payload in vectors:
+            vector = request.vectors.add(vector_id=vector_id, values=list(values))
+            vector.payload.update(payload)
+        return self._stub.UpsertVectors(request, metadata=self._metadata, timeout=30).upserted
+
+    def search(self, embedding: Sequence[float], limit: int, threshold: float) -> SearchResult:
+        """Search the edge (which may ask central)."""
+        response = self._stub.SearchVectors(
+            edge_pb2.SearchVectorsRequest(embedding=list(embedding), limit=limit, score_threshold=threshold),
+            metadata=self._metadata,
+            timeout=30,
+        )
+        return SearchResult(
+            ids=tuple(hit.vector.vector_id for hit in response.results),
+            local_count=response.local_count,
+            central_count=response.central_count,
+            partial=response.partial,
+        )
+
+    def status(self) -> EdgeStatus:
+        """The edge's status."""
+        response = self._stub.GetEdgeStatus(edge_pb2.GetEdgeStatusRequest(), metadata=self._metadata, timeout=10)
+        return EdgeStatus(
+            agent_id=response.agent_id,
+            region=response.region,
+            online=response.link_state == edge_pb2.LINK_STATE_ONLINE,
+            consecutive_failures=response.consecutive_failures,
+            policy_version=response.policy_version,
+            pending_items={_channel_name(q.channel): q.pending_items for q in response.queues},
+            dead_letters={_channel_name(q.channel): q.dead_letters for q in response.queues},
+            local_sessions=response.local_sessions,
+            local_vectors=response.local_vectors,
+        )
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A decision conflict waiting for (or past) manual review."""
+
+    conflict_id: str
+    resource: str
+    edge_effect: str
+    central_effect: str
+    state: str
+
+
+class CentralClient:
+    """An operator's view of central."""
+
+    def __init__(self, target: str, *, operator: str = "demo-operator") -> None:
+        self.target = target
+        self._channel = grpc.insecure_channel(target, compression=grpc.Compression.Gzip)
+        self._sync = sync_pb2_grpc.SyncServiceStub(self._channel)
+        self._policy = policy_pb2_grpc.PolicyServiceStub(self._channel)
+        self._metadata = ((AGENT_ID_HEADER, operator),)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def publish(self, policies: dict[str, str], entities: list[dict[str, Any]] | None = None) -> int:
+        """Publish a bundle; returns its version."""
+        request = policy_pb2.PublishPoliciesRequest(entities_json=json.dumps(entities or []))
+        for policy_id, text in policies.items():
+            request.policies.add(policy_id=policy_id, text=text)
+        return self._policy.PublishPolicies(request, metadata=self._metadata, timeout=30).bundle.version
+
+    def has_session(self, session_id: str) -> bool:
+        """Whether central holds the session."""
+        try:
+            self._sync.GetSession(
+                sync_pb2.GetSessionRequest(session_id=session_id), metadata=self._metadata, timeout=10
+            )
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return False
+            raise
+        return True
+
+    def conflicts(self, pending_only: bool = True) -> list[Conflict]:
+        """Conflicts flagged for manual review."""
+        state = sync_pb2.CONFLICT_STATE_PENDING if pending_only else sync_pb2.CONFLICT_STATE_UNSPECIFIED
+        response = self._sync.ListConflicts(
+            sync_pb2.ListConflictsRequest(state=state, page_size=100), metadata=self._metadata, timeout=10
+        )
+        return [
+            Conflict(
+                conflict_id=item.conflict_id,
+                resource=item.edge_decision.resource,
+                edge_effect=decision_pb2.Effect.Name(item.edge_decision.effect).removeprefix("EFFECT_"),
+                central_effect=decision_pb2.Effect.Name(item.central_decision.effect).removeprefix("EFFECT_"),
+                state=sync_pb2.ConflictState.Name(item.state).removeprefix("CONFLICT_STATE_"),
+            )
+            for item in response.conflicts
+        ]
+
+    def resolve(self, conflict_id: str, keep_edge: bool, note: str) -> str:
+        """Settle a conflict; returns who resolved it."""
+        resolution = sync_pb2.RESOLUTION_KEEP_EDGE if keep_edge else sync_pb2.RESOLUTION_KEEP_CENTRAL
+        response = self._sync.ResolveConflict(
+            sync_pb2.ResolveConflictRequest(conflict_id=conflict_id, resolution=resolution, note=note),
+            metadata=self._metadata,
+            timeout=10,
+        )
+        return response.conflict.resolved_by
+
+    def edges(self) -> list[tuple[str, str, str]]:
+        """(agent id, region, state) of every registered edge."""
+        response = self._sync.ListEdges(sync_pb2.ListEdgesRequest(page_size=100), metadata=self._metadata, timeout=10)
+        return [
+            (edge.agent_id, edge.region, sync_pb2.EdgeState.Name(edge.state).removeprefix("EDGE_STATE_").lower())
+            for edge in response.edges
+        ]
+
+
+def wire_sizes(sessions: Sequence[memory_pb2.Session]) -> tuple[int, int, int]:
+    """(raw JSON bytes, protobuf bytes, protobuf+gzip bytes) of a batch of these sessions."""
+    request = sync_pb2.SyncSessionsRequest(sessions=sessions)
+    as_json = json.dumps([json_format.MessageToDict(s) for s in sessions]).encode()
+    as_proto = request.SerializeToString()
+    return len(as_json), len(as_proto), len(gzip.compress(as_proto))
+
+
+def struct_of(values: dict[str, Any]) -> struct_pb2.Struct:
+    """A Struct from a dict."""
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct
