@@ -1,0 +1,1 @@
+"""Aeterna central: the write authority edges sync to (sessions, vectors, episodes, decisions, policies)."""

@@ -1,0 +1,137 @@
+"""``python -m central_svc`` / ``aeterna central``: the one place where central is wired together."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from aeterna_shared.config import AeternaConfig, load_config
+from central_svc.deps import build_deps
+from central_svc.metrics import CentralMetrics
+from central_svc.server import SERVICE_NAMES, create_server
+from central_svc.snapshots import SnapshotScheduler
+from central_svc.store.database import Database
+from central_svc.store.embedded_postgres import EmbeddedPostgres
+from central_svc.store.migrate import upgrade
+from interceptors.server import mark_not_serving, mark_serving
+
+_log = logging.getLogger("central")
+
+GRACE_SECONDS = 10.0
+
+
+def write_ready_file(path: Path, document: dict[str, int]) -> None:
+    """Write JSON atomically (tmp + rename), so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(document))
+    os.replace(tmp, path)
+
+
+def embedded_postgres(config: AeternaConfig) -> EmbeddedPostgres:
+    """The embedded server central owns when ``postgresql.url`` is unset."""
+    return EmbeddedPostgres(Path(config.central.data_dir) / "postgres")
+
+
+async def serve(config: AeternaConfig, ready_file: Path | None = None) -> int:
+    """Run central until SIGTERM/SIGINT; return the exit code."""
+    owned: EmbeddedPostgres | None = None
+    url = config.postgresql.url
+    if url is None:
+        owned = embedded_postgres(config)
+        _log.info("starting embedded PostgreSQL in %s", owned.root)
+        await asyncio.to_thread(owned.start)
+        url = owned.url
+    try:
+        _log.info("running database migrations")
+        await asyncio.to_thread(upgrade, url, vector_dimension=config.vector_database.dimension)
+        database = Database(url, max_size=config.postgresql.pool_size)
+        await database.open()
+        try:
+            return await _serve_on(config, database, ready_file)
+        finally:
+            await database.close()
+    finally:
+        if owned is not None:
+            _log.info("stopping embedded PostgreSQL")
+            await asyncio.to_thread(owned.stop)
+
+
+async def _serve_on(config: AeternaConfig, database: Database, ready_file: Path | None) -> int:
+    deps = await build_deps(config, database)
+    deps.listener.start()
+    _log.info("policy listener starting (LISTEN/NOTIFY)")
+    await asyncio.wait_for(deps.listener.connected.wait(), timeout=30)
+    server, port = create_server(config, deps)
+    await server.start()
+    await mark_serving(deps.health, SERVICE_NAMES)
+    _log.info("central serving on %s:%d", config.central.listen_host, port)
+    registry = CollectorRegistry()
+    metrics = CentralMetrics(registry, deps)
+    metrics.start()
+    metrics_port = 0
+    http = None
+    if config.telemetry.metrics_enabled:
+        http, _thread = start_http_server(config.telemetry.metrics_port, registry=registry)
+        metrics_port = int(http.server_port)
+        _log.info("metrics on :%d/metrics", metrics_port)
+    snapshots = SnapshotScheduler(deps.episode_store, deps.snapshot_dir, config.sync.episodic_memory.snapshot_interval)
+    snapshots.start()
+    _log.info("episodic snapshots every %s into %s", config.sync.episodic_memory.snapshot_interval, deps.snapshot_dir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    if ready_file is not None:
+        write_ready_file(ready_file, {"pid": os.getpid(), "port": port, "metrics_port": metrics_port})
+    _log.info("central ready")
+    await stop.wait()
+    _log.info("shutting down: NOT_SERVING, then draining for up to %.0f s", GRACE_SECONDS)
+    await mark_not_serving(deps.health)
+    await server.stop(GRACE_SECONDS)
+    await snapshots.stop()
+    await metrics.stop()
+    await deps.listener.stop()
+    if http is not None:
+        http.shutdown()
+    _log.info("central stopped")
+    return 0
+
+
+def configure_logging(config: AeternaConfig) -> None:
+    """One readable line per event on stderr."""
+    logging.basicConfig(
+        level=config.telemetry.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``aeterna central``."""
+    config = load_config(args.config, os.environ)
+    configure_logging(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(serve(config, Path(args.ready_file) if args.ready_file else None))
+    return 130
+
+
+def main() -> int:
+    """``python -m central_svc``."""
+    parser = argparse.ArgumentParser(prog="python -m central_svc", description="Run Aeterna central.")
+    parser.add_argument("--config", help="YAML config file (the spec's keys)")
+    parser.add_argument("--ready-file", help="write {pid, port, metrics_port} here once serving")
+    return run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

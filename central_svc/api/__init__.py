@@ -1,0 +1,1 @@
+"""gRPC servicers of central: protobuf <-> domain translation only."""

@@ -1,0 +1,120 @@
+"""The operator commands' gRPC calls (``aeterna policy publish``, ``conflicts``, ``edges``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import grpc
+from aeterna.policy.v1 import policy_pb2, policy_pb2_grpc
+from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
+
+from central_svc.api.client import call_metadata, open_channel
+
+
+class RpcFailure(Exception):
+    """A call failed; the message is the server's status and text."""
+
+
+def _failure(error: grpc.aio.AioRpcError) -> RpcFailure:
+    return RpcFailure(f"{error.code().name}: {error.details()}")
+
+
+def read_policy_folder(directory: Path) -> policy_pb2.PublishPoliciesRequest:
+    """Every ``*.cedar`` file (id = stem), plus schema.json / entities.json when present."""
+    files = sorted(directory.glob("*.cedar"))
+    if not files:
+        raise ValueError(f"{directory} holds no *.cedar files")
+    request = policy_pb2.PublishPoliciesRequest(
+        policies=[policy_pb2.CedarPolicy(policy_id=f.stem, text=f.read_text(encoding="utf-8")) for f in files]
+    )
+    for name, field in (("schema.json", "schema_json"), ("entities.json", "entities_json")):
+        if (directory / name).exists():
+            setattr(request, field, (directory / name).read_text(encoding="utf-8"))
+    return request
+
+
+async def publish(args: argparse.Namespace) -> int:
+    """Publish a folder; print the new version."""
+    request = read_policy_folder(Path(args.directory))
+    request.expected_current_version = args.expected_version
+    async with open_channel(args.target) as channel:
+        try:
+            response = await policy_pb2_grpc.PolicyServiceStub(channel).PublishPolicies(
+                request, metadata=call_metadata(args.agent_id, args.tenant_id), timeout=30
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _failure(error) from None
+    bundle = response.bundle
+    print(
+        f"published policy version {bundle.version} ({len(bundle.policies)} policies, checksum {bundle.checksum[:12]})"
+    )
+    return 0
+
+
+async def list_conflicts(args: argparse.Namespace) -> int:
+    """Print conflicts, one per line."""
+    state = {"pending": 1, "resolved": 2, "all": 0}[args.state]
+    token = ""
+    async with open_channel(args.target) as channel:
+        stub = sync_pb2_grpc.SyncServiceStub(channel)
+        while True:
+            try:
+                page = await stub.ListConflicts(
+                    sync_pb2.ListConflictsRequest(state=state, page_token=token),  # type: ignore[arg-type]
+                    metadata=call_metadata(args.agent_id, args.tenant_id),
+                    timeout=30,
+                )
+            except grpc.aio.AioRpcError as error:
+                raise _failure(error) from None
+            for c in page.conflicts:
+                print(
+                    f"{c.conflict_id}  {sync_pb2.ConflictState.Name(c.state)}  resource={c.edge_decision.resource}  "
+                    f"edge={c.edge_decision.decision_id}@{c.edge_decision.decide_time.ToJsonString()}  "
+                    f"central={c.central_decision.decision_id}@{c.central_decision.decide_time.ToJsonString()}"
+                    + (f"  resolved_by={c.resolved_by}" if c.resolved_by else "")
+                )
+            token = page.next_page_token
+            if not token:
+                return 0
+
+
+async def resolve_conflict(args: argparse.Namespace) -> int:
+    """Resolve one conflict."""
+    resolution = sync_pb2.RESOLUTION_KEEP_EDGE if args.keep == "edge" else sync_pb2.RESOLUTION_KEEP_CENTRAL
+    async with open_channel(args.target) as channel:
+        try:
+            response = await sync_pb2_grpc.SyncServiceStub(channel).ResolveConflict(
+                sync_pb2.ResolveConflictRequest(conflict_id=args.conflict_id, resolution=resolution, note=args.note),
+                metadata=call_metadata(args.agent_id, args.tenant_id),
+                timeout=30,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _failure(error) from None
+    print(f"conflict {response.conflict.conflict_id} resolved ({args.keep}) by {response.conflict.resolved_by}")
+    return 0
+
+
+async def list_edges(args: argparse.Namespace) -> int:
+    """Print the registry."""
+    token = ""
+    async with open_channel(args.target) as channel:
+        stub = sync_pb2_grpc.SyncServiceStub(channel)
+        while True:
+            try:
+                page = await stub.ListEdges(
+                    sync_pb2.ListEdgesRequest(page_token=token),
+                    metadata=call_metadata(args.agent_id, args.tenant_id),
+                    timeout=30,
+                )
+            except grpc.aio.AioRpcError as error:
+                raise _failure(error) from None
+            for e in page.edges:
+                last = e.last_sync_time.ToJsonString() if e.HasField("last_sync_time") else "never"
+                print(
+                    f"{e.agent_id}  {sync_pb2.EdgeState.Name(e.state)}  region={e.region}  "
+                    f"tenant={e.tenant_id}  last_sync={last}"
+                )
+            token = page.next_page_token
+            if not token:
+                return 0

@@ -1,0 +1,361 @@
+"""``aeterna.sync.v1.SyncService``: translation between the wire and central's domain objects."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from aeterna.memory.v1 import memory_pb2
+from aeterna.policy.v1 import decision_pb2
+from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
+from grpc import aio
+
+from aeterna_shared.config import AeternaConfig
+from aeterna_shared.errors import InvalidArgument, Unauthenticated
+from central_svc import page_tokens
+from central_svc.api.convert import (
+    batch_ack,
+    batch_meta,
+    json_struct,
+    struct_json,
+    to_datetime,
+    to_timestamp,
+)
+from central_svc.batches import Ack, BatchMeta, Channel, check_header
+from central_svc.deps import CentralDeps
+from central_svc.episodes import EpisodeFilter, EpisodeRecord
+from central_svc.replay import ConflictRecord, ConflictState, DecisionRecord, Resolution
+from central_svc.sessions import SessionRecord
+from central_svc.vectors import VectorQuery, VectorRecord
+from interceptors.canonical import SignedRequest, session_checksum, signature_matches
+from interceptors.identity import Identity, current_identity
+from interceptors.keys import SigningKeyring
+
+Context = aio.ServicerContext[Any, Any]
+
+
+class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
+    """Every RPC of the sync API; all logic lives in the domain objects of ``CentralDeps``."""
+
+    def __init__(self, config: AeternaConfig, deps: CentralDeps, keyring: SigningKeyring) -> None:
+        self._config = config
+        self._deps = deps
+        self._keyring = keyring
+        sync = config.sync
+        self._limits = {
+            Channel.SESSIONS: sync.batch.max_size,
+            Channel.VECTORS: max(sync.batch.max_size, sync.episodic_memory.vector_sync.batch_size),
+            Channel.EPISODES: max(sync.batch.max_size, sync.memory_layers.episodic.batch_size),
+            Channel.DECISIONS: 100_000,
+        }
+        self._intervals = {
+            Channel.SESSIONS: sync.session_interval,
+            Channel.VECTORS: sync.episodic_memory.vector_sync.interval,
+            Channel.EPISODES: sync.memory_layers.episodic.interval,
+            Channel.DECISIONS: sync.session_interval,
+        }
+
+    # --- batch plumbing ---------------------------------------------------------------
+
+    def _admit(self, request: SignedRequest, channel: Channel, items: int) -> tuple[BatchMeta, Identity]:
+        """Batch-level checks; each failure ends the call with its status."""
+        identity = current_identity()
+        header = request.header
+        identity.require_agent(header.agent_id)
+        if items > self._limits[channel]:
+            raise InvalidArgument(
+                f"batch has {items} items, the limit is {self._limits[channel]}",
+                reason="BATCH_TOO_LARGE",
+                metadata={"limit": str(self._limits[channel])},
+            )
+        key = self._keyring.key_for(header.agent_id)
+        if key is None or not signature_matches(request, key):
+            raise Unauthenticated(
+                f"batch {header.batch_id} has no valid signature for agent {header.agent_id!r}",
+                reason="BAD_SIGNATURE",
+                metadata={"batch_id": header.batch_id},
+            )
+        meta = batch_meta(request, channel)
+        check_header(meta, identity, now=self._deps.clock(), freshness=self._config.sync.signing.freshness_window)
+        return meta, identity
+
+    def _ack(self, ack: Ack, channel: Channel) -> sync_pb2.BatchAck:
+        next_sync: datetime = self._deps.clock() + self._intervals[channel]
+        return batch_ack(ack, next_sync)
+
+    # --- sessions ---------------------------------------------------------------------
+
+    async def SyncSessions(
+        self, request_iterator: AsyncIterator[sync_pb2.SyncSessionsRequest], context: Context
+    ) -> AsyncIterator[sync_pb2.SyncSessionsResponse]:
+        """One ack per batch, in arrival order."""
+        async for request in request_iterator:
+            meta, identity = self._admit(request, Channel.SESSIONS, len(request.sessions))
+            records = [
+                SessionRecord(
+                    session_id=s.session_id,
+                    user_id=s.user_id,
+                    last_activity=to_datetime(s.last_activity_time, s.HasField("last_activity_time")),
+                    checksum=s.checksum,
+                    computed_checksum=session_checksum(s),
+                    claimed_tenant_id=s.tenant_id,
+                    data=s.SerializeToString(deterministic=True),
+                )
+                for s in request.sessions
+            ]
+            ack = await self._deps.sessions.ingest(meta, identity.tenant_id, records)
+            yield sync_pb2.SyncSessionsResponse(ack=self._ack(ack, Channel.SESSIONS))
+
+    async def GetSession(self, request: sync_pb2.GetSessionRequest, context: Context) -> sync_pb2.GetSessionResponse:
+        """Tenant-scoped read."""
+        if not request.session_id:
+            raise InvalidArgument.for_field("session_id", "required")
+        stored = await self._deps.sessions.get(current_identity().tenant_id, request.session_id)
+        return sync_pb2.GetSessionResponse(
+            session=memory_pb2.Session.FromString(stored.data),
+            agent_id=stored.agent_id,
+            sync_time=to_timestamp(stored.synced_at),
+        )
+
+    async def GetSyncCheckpoint(
+        self, request: sync_pb2.GetSyncCheckpointRequest, context: Context
+    ) -> sync_pb2.GetSyncCheckpointResponse:
+        """The caller's checkpoints."""
+        checkpoints = await self._deps.ledger.checkpoints(current_identity().agent_id)
+        return sync_pb2.GetSyncCheckpointResponse(
+            checkpoints=[
+                sync_pb2.ChannelCheckpoint(channel=channel, sequence=sequence)  # type: ignore[arg-type]
+                for channel, sequence in checkpoints.items()
+            ]
+        )
+
+    # --- vectors ----------------------------------------------------------------------
+
+    async def SyncVectors(
+        self, request_iterator: AsyncIterator[sync_pb2.SyncVectorsRequest], context: Context
+    ) -> AsyncIterator[sync_pb2.SyncVectorsResponse]:
+        """One ack per vector batch."""
+        async for request in request_iterator:
+            meta, identity = self._admit(request, Channel.VECTORS, len(request.vectors))
+            now = self._deps.clock()
+            records = [
+                VectorRecord(
+                    vector_id=v.vector_id,
+                    values=list(v.values),
+                    region=v.region or meta.region,
+                    payload_json=struct_json(v.payload) if v.HasField("payload") else "{}",
+                    update_time=to_datetime(v.update_time, v.HasField("update_time")) or now,
+                    claimed_tenant_id=v.tenant_id,
+                )
+                for v in request.vectors
+            ]
+            ack = await self._deps.vectors.ingest(meta, identity.tenant_id, records)
+            yield sync_pb2.SyncVectorsResponse(ack=self._ack(ack, Channel.VECTORS))
+
+    async def SearchVectors(
+        self, request: sync_pb2.SearchVectorsRequest, context: Context
+    ) -> sync_pb2.SearchVectorsResponse:
+        """Nearest neighbours in the caller's tenant."""
+        hits = await self._deps.vectors.search(
+            VectorQuery(
+                tenant_id=current_identity().tenant_id,
+                embedding=list(request.embedding),
+                limit=request.limit or 10,
+                score_threshold=request.score_threshold,
+                exclude_regions=tuple(request.filter.exclude_regions),
+                exclude_ids=tuple(request.filter.exclude_vector_ids),
+            )
+        )
+        return sync_pb2.SearchVectorsResponse(
+            results=[
+                memory_pb2.ScoredVector(
+                    vector=memory_pb2.Vector(
+                        vector_id=hit.vector_id,
+                        values=hit.values,
+                        region=hit.region,
+                        tenant_id=hit.tenant_id,
+                        payload=json_struct(hit.payload_json),
+                        update_time=to_timestamp(hit.update_time),
+                    ),
+                    score=hit.score,
+                )
+                for hit in hits
+            ]
+        )
+
+    # --- decisions --------------------------------------------------------------------
+
+    async def ReplayDecisions(
+        self, request: sync_pb2.ReplayDecisionsRequest, context: Context
+    ) -> sync_pb2.ReplayDecisionsResponse:
+        """Store decisions and settle conflicts by the configured policy."""
+        meta, identity = self._admit(request, Channel.DECISIONS, len(request.decisions))
+        records = []
+        for decision in request.decisions:
+            # The deciding agent is the credential's, whatever the payload said.
+            decision.agent_id = identity.agent_id
+            records.append(
+                DecisionRecord(
+                    decision_id=decision.decision_id,
+                    resource=decision.resource,
+                    decide_time=to_datetime(decision.decide_time, decision.HasField("decide_time")),
+                    data=decision.SerializeToString(deterministic=True),
+                )
+            )
+        ack = await self._deps.decisions.replay(meta, identity.tenant_id, records)
+        results = ack.extra.get("results", [])
+        return sync_pb2.ReplayDecisionsResponse(
+            ack=self._ack(ack, Channel.DECISIONS),
+            results=[
+                sync_pb2.DecisionResult(
+                    decision_id=r[0],
+                    outcome=r[1],
+                    conflicting_decision_id=r[2],
+                    conflict_id=r[3],
+                )
+                for r in results  # type: ignore[attr-defined]
+            ],
+        )
+
+    async def ListConflicts(
+        self, request: sync_pb2.ListConflictsRequest, context: Context
+    ) -> sync_pb2.ListConflictsResponse:
+        """Review items of the caller's tenant, oldest first."""
+        tenant = current_identity().tenant_id
+        state = ConflictState(request.state) if request.state else None
+        size = page_tokens.page_size(request.page_size)
+        fingerprint = page_tokens.fingerprint("conflicts", tenant, int(request.state))
+        after = None
+        if request.page_token:
+            position = page_tokens.decode(self._deps.page_token_key, fingerprint, request.page_token)
+            after = (datetime.fromisoformat(position[0]), str(position[1]))
+        records = await self._deps.decisions.list_conflicts(tenant, state, after, size + 1)
+        token = ""
+        if len(records) > size:
+            records = records[:size]
+            last = records[-1]
+            token = page_tokens.encode(
+                self._deps.page_token_key, fingerprint, [last.created_at.isoformat(), last.conflict_id]
+            )
+        return sync_pb2.ListConflictsResponse(conflicts=[_conflict(r) for r in records], next_page_token=token)
+
+    async def ResolveConflict(
+        self, request: sync_pb2.ResolveConflictRequest, context: Context
+    ) -> sync_pb2.ResolveConflictResponse:
+        """Settle one item; the resolver is the caller's identity."""
+        identity = current_identity()
+        resolution = Resolution(request.resolution) if request.resolution else None
+        record = await self._deps.decisions.resolve(
+            identity.tenant_id, request.conflict_id, resolution, identity.agent_id or "anonymous", request.note
+        )
+        return sync_pb2.ResolveConflictResponse(conflict=_conflict(record))
+
+    # --- episodes ---------------------------------------------------------------------
+
+    async def AppendEpisodes(
+        self, request: sync_pb2.AppendEpisodesRequest, context: Context
+    ) -> sync_pb2.AppendEpisodesResponse:
+        """Idempotent append."""
+        meta, identity = self._admit(request, Channel.EPISODES, len(request.episodes))
+        records = []
+        for episode in request.episodes:
+            episode.agent_id = episode.agent_id or identity.agent_id
+            records.append(
+                EpisodeRecord(
+                    episode_id=episode.episode_id,
+                    session_id=episode.session_id,
+                    agent_id=identity.agent_id,
+                    content=episode.content,
+                    embedding=list(episode.embedding),
+                    occur_time=to_datetime(episode.occur_time, episode.HasField("occur_time")),
+                    data=episode.SerializeToString(deterministic=True),
+                    claimed_tenant_id=episode.tenant_id,
+                )
+            )
+        ack = await self._deps.episodes.append(meta, identity.tenant_id, records)
+        return sync_pb2.AppendEpisodesResponse(ack=self._ack(ack, Channel.EPISODES))
+
+    async def ListEpisodes(
+        self, request: sync_pb2.ListEpisodesRequest, context: Context
+    ) -> sync_pb2.ListEpisodesResponse:
+        """AIP-158 pages, oldest first."""
+        query = EpisodeFilter(
+            tenant_id=current_identity().tenant_id,
+            session_id=request.session_id,
+            agent_id=request.agent_id,
+            start=to_datetime(request.start_time, request.HasField("start_time")),
+            end=to_datetime(request.end_time, request.HasField("end_time")),
+        )
+        size = page_tokens.page_size(request.page_size)
+        fingerprint = page_tokens.fingerprint(
+            "episodes", query.tenant_id, query.session_id, query.agent_id, query.start, query.end
+        )
+        after = None
+        if request.page_token:
+            position = page_tokens.decode(self._deps.page_token_key, fingerprint, request.page_token)
+            after = (datetime.fromisoformat(position[0]), str(position[1]))
+        rows = await self._deps.episodes.page(query, after, size + 1)
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = page_tokens.encode(self._deps.page_token_key, fingerprint, [rows[-1][0].isoformat(), rows[-1][1]])
+        return sync_pb2.ListEpisodesResponse(
+            episodes=[memory_pb2.Episode.FromString(row[2]) for row in rows], next_page_token=token
+        )
+
+    # --- edge registry ----------------------------------------------------------------
+
+    async def AnnounceOffline(
+        self, request: sync_pb2.AnnounceOfflineRequest, context: Context
+    ) -> sync_pb2.AnnounceOfflineResponse:
+        """Record a planned departure."""
+        identity = current_identity()
+        if not identity.agent_id:
+            raise InvalidArgument("the caller has no agent identity", reason="NO_AGENT_ID")
+        await self._deps.edges.depart(identity.agent_id, identity.tenant_id, request.reason)
+        return sync_pb2.AnnounceOfflineResponse()
+
+    async def ListEdges(self, request: sync_pb2.ListEdgesRequest, context: Context) -> sync_pb2.ListEdgesResponse:
+        """The registry: operators (admin scope) see every tenant, others their own."""
+        identity = current_identity()
+        everyone = "admin" in identity.scopes or "*" in identity.scopes
+        tenant = None if everyone else identity.tenant_id
+        size = page_tokens.page_size(request.page_size)
+        fingerprint = page_tokens.fingerprint("edges", tenant)
+        after = ""
+        if request.page_token:
+            after = str(page_tokens.decode(self._deps.page_token_key, fingerprint, request.page_token)[0])
+        views = await self._deps.edges.page(tenant, after, size + 1, self._deps.clock())
+        token = ""
+        if len(views) > size:
+            views = views[:size]
+            token = page_tokens.encode(self._deps.page_token_key, fingerprint, [views[-1].row.agent_id])
+        return sync_pb2.ListEdgesResponse(
+            edges=[
+                sync_pb2.EdgeInfo(
+                    agent_id=v.row.agent_id,
+                    region=v.row.region,
+                    tenant_id=v.row.tenant_id,
+                    state=int(v.state),  # type: ignore[arg-type]
+                    last_sync_time=to_timestamp(v.row.last_sync_at),
+                    last_seen_time=to_timestamp(v.row.last_seen_at),
+                )
+                for v in views
+            ],
+            next_page_token=token,
+        )
+
+
+def _conflict(record: ConflictRecord) -> sync_pb2.Conflict:
+    return sync_pb2.Conflict(
+        conflict_id=record.conflict_id,
+        edge_decision=decision_pb2.Decision.FromString(record.edge_decision),
+        central_decision=decision_pb2.Decision.FromString(record.central_decision),
+        state=int(record.state),  # type: ignore[arg-type]
+        resolution=record.resolution,  # type: ignore[arg-type]
+        resolved_by=record.resolved_by,
+        resolve_time=to_timestamp(record.resolved_at),
+        create_time=to_timestamp(record.created_at),
+        note=record.note,
+    )

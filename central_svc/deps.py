@@ -1,0 +1,88 @@
+"""Central's dependencies, built once by the wiring point (``__main__`` or a test) and passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aeterna_shared.config import AeternaConfig
+from central_svc.edges import EdgeRegistry
+from central_svc.episodes import EpisodicMemory
+from central_svc.policies import PolicyAuthority, PolicyHub
+from central_svc.replay import DecisionReplay
+from central_svc.sessions import SessionSync
+from central_svc.store.database import Database
+from central_svc.store.decisions import PostgresDecisionStore
+from central_svc.store.edges import PostgresEdgeStore
+from central_svc.store.episodes import PostgresEpisodeStore
+from central_svc.store.ledger import BatchLedger
+from central_svc.store.policies import PostgresPolicyStore
+from central_svc.store.policy_listener import PolicyListener
+from central_svc.store.sessions import PostgresSessionStore
+from central_svc.store.settings import page_token_key
+from central_svc.store.vectors_pgvector import PgVectorIndex
+from central_svc.vectors import VectorIndex, VectorSync
+
+
+def utc_now() -> datetime:
+    """The clock central uses (injectable for tests of freshness)."""
+    return datetime.now(UTC)
+
+
+@dataclass
+class CentralDeps:
+    """Everything the servicers need."""
+
+    database: Database
+    ledger: BatchLedger
+    sessions: SessionSync
+    vectors: VectorSync
+    episodes: EpisodicMemory
+    episode_store: PostgresEpisodeStore
+    decisions: DecisionReplay
+    edges: EdgeRegistry
+    policies: PolicyAuthority
+    listener: PolicyListener
+    page_token_key: bytes
+    snapshot_dir: Path
+    clock: Any = utc_now
+    health: Any = None
+    """The server's health servicer, set by ``create_server``."""
+
+
+def vector_index(config: AeternaConfig, database: Database) -> VectorIndex:
+    """The configured vector graph backend."""
+    settings = config.vector_database
+    if settings.backend == "qdrant":
+        if not settings.qdrant_url:
+            raise ValueError("vectorDatabase.backend is qdrant but vectorDatabase.qdrantUrl is not set")
+        from central_svc.store.vectors_qdrant import QdrantVectorIndex  # noqa: PLC0415 - optional extra
+
+        return QdrantVectorIndex(settings.qdrant_url, settings.collection, settings.dimension)
+    return PgVectorIndex(database)
+
+
+async def build_deps(config: AeternaConfig, database: Database) -> CentralDeps:
+    """Wire the domain objects on an opened ``database`` (the listener is created, not started)."""
+    ledger = BatchLedger(database)
+    policy_store = PostgresPolicyStore(database)
+    hub = PolicyHub(policy_store)
+    episode_store = PostgresEpisodeStore(database)
+    dimension = config.vector_database.dimension
+    snapshot_dir = Path(config.central.snapshot_dir or Path(config.central.data_dir) / "snapshots")
+    return CentralDeps(
+        database=database,
+        ledger=ledger,
+        sessions=SessionSync(ledger, PostgresSessionStore(database)),
+        vectors=VectorSync(ledger, vector_index(config, database), dimension),
+        episodes=EpisodicMemory(ledger, episode_store, dimension),
+        episode_store=episode_store,
+        decisions=DecisionReplay(ledger, PostgresDecisionStore(database), config.aeterna.offline.conflict_resolution),
+        edges=EdgeRegistry(PostgresEdgeStore(database), config.sync.offline_after),
+        policies=PolicyAuthority(policy_store, hub),
+        listener=PolicyListener(database.conninfo, hub.refresh),
+        page_token_key=await page_token_key(database),
+        snapshot_dir=snapshot_dir,
+    )

@@ -1,0 +1,89 @@
+"""Episodic memory at central, its only store: idempotent appends and paginated listing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from central_svc.batches import Ack, BatchMeta, ItemFailure
+from central_svc.store.ledger import ApplyResult, BatchLedger, Connection
+from central_svc.vectors import embedding_problem
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeRecord:
+    """One episode, translated by the API layer (``data`` is its deterministic protobuf encoding)."""
+
+    episode_id: str
+    session_id: str
+    agent_id: str
+    content: str
+    embedding: list[float]
+    occur_time: datetime | None
+    data: bytes
+    claimed_tenant_id: str = ""
+
+
+@dataclass(frozen=True)
+class EpisodeFilter:
+    """What to list; the tenant always comes from the credential."""
+
+    tenant_id: str
+    session_id: str = ""
+    agent_id: str = ""
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+class EpisodeStore(Protocol):
+    """Where episodes live."""
+
+    async def insert(self, connection: Connection, tenant_id: str, rows: list[EpisodeRecord]) -> None:
+        """Insert rows; existing episode ids are left alone."""
+        ...
+
+    async def page(
+        self, query: EpisodeFilter, after: tuple[datetime, str] | None, limit: int
+    ) -> list[tuple[datetime, str, bytes]]:
+        """(occur_time, episode_id, data), oldest first, after the given position."""
+        ...
+
+
+class EpisodicMemory:
+    """Append and list episodes."""
+
+    def __init__(self, ledger: BatchLedger, store: EpisodeStore, dimension: int) -> None:
+        self._ledger = ledger
+        self._store = store
+        self._dimension = dimension
+
+    async def append(self, meta: BatchMeta, tenant_id: str, records: list[EpisodeRecord]) -> Ack:
+        """Apply one batch; appending an existing id is a no-op, bad episodes fail alone."""
+        failures: list[ItemFailure] = []
+        good: dict[str, EpisodeRecord] = {}
+        for record in records:
+            problem = None
+            if not record.episode_id or record.occur_time is None:
+                problem = ("INVALID_EPISODE", "episode_id and occur_time are required")
+            elif record.claimed_tenant_id and record.claimed_tenant_id != tenant_id:
+                problem = ("TENANT_MISMATCH", "episode names another tenant")
+            elif record.embedding and (why := embedding_problem(record.embedding, self._dimension)):
+                problem = ("BAD_VECTOR", f"embedding {why}")
+            if problem is not None:
+                failures.append(ItemFailure(record.episode_id, *problem))
+            else:
+                good.setdefault(record.episode_id, record)
+
+        async def apply(connection: Connection) -> ApplyResult:
+            if good:
+                await self._store.insert(connection, tenant_id, list(good.values()))
+            return len(records) - len(failures), failures, {}
+
+        return await self._ledger.run(meta, tenant_id, apply)
+
+    async def page(
+        self, query: EpisodeFilter, after: tuple[datetime, str] | None, limit: int
+    ) -> list[tuple[datetime, str, bytes]]:
+        """One page, oldest first."""
+        return await self._store.page(query, after, limit)

@@ -1,0 +1,59 @@
+"""Central's Prometheus metrics: edge states and policy watchers, in a registry passed in (no globals)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from central_svc.deps import CentralDeps
+from central_svc.edges import EdgeState
+
+_log = logging.getLogger(__name__)
+
+
+class CentralMetrics:
+    """Gauges refreshed in the background from the registry tables."""
+
+    def __init__(self, registry: CollectorRegistry, deps: CentralDeps, interval: float = 15.0) -> None:
+        self._deps = deps
+        self._interval = interval
+        self.edges = Gauge("aeterna_central_edges", "Edges by state", ["state"], registry=registry)
+        self.watchers = Gauge("aeterna_central_policy_watchers", "Connected policy watchers", registry=registry)
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        """Recount edges by state."""
+        counts = dict.fromkeys(EdgeState, 0)
+        after = ""
+        while True:
+            views = await self._deps.edges.page(None, after, 1000, self._deps.clock())
+            for view in views:
+                counts[view.state] += 1
+            if len(views) < 1000:
+                break
+            after = views[-1].row.agent_id
+        for state, count in counts.items():
+            self.edges.labels(state=state.name.lower()).set(count)
+        self.watchers.set(self._deps.policies.hub.watcher_count)
+
+    def start(self) -> None:
+        """Refresh every interval."""
+        self._task = asyncio.create_task(self._run(), name="central-metrics")
+
+    async def stop(self) -> None:
+        """Stop refreshing."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as error:
+                _log.warning("metrics refresh failed: %s", error)
+            await asyncio.sleep(self._interval)

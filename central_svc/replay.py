@@ -1,0 +1,270 @@
+"""Decision replay: store decisions edges made (often offline) and settle conflicts by policy.
+
+A replayed decision conflicts when central already holds a *later* effective
+decision on the same resource (of the same tenant). Then, by
+``aeterna.offline.conflictResolution``:
+
+* ``timestamp``: the later one wins; the replayed one is kept as SUPERSEDED history;
+* ``central``:   the replayed one is REJECTED;
+* ``manual``:    the replayed one is held (NEEDS_REVIEW) and a review item is opened.
+
+Without a conflict the replayed decision becomes the effective one (APPLIED)
+and the decision it follows is marked superseded. A decision id seen before is
+a DUPLICATE and changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import IntEnum
+from typing import Literal, Protocol
+
+from aeterna_shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from central_svc.batches import Ack, BatchMeta, ItemFailure
+from central_svc.store.ledger import ApplyResult, BatchLedger, Connection
+
+ConflictPolicy = Literal["timestamp", "central", "manual"]
+
+
+class Outcome(IntEnum):
+    """Values equal ``aeterna.sync.v1.ReplayOutcome``."""
+
+    APPLIED = 1
+    SUPERSEDED = 2
+    REJECTED = 3
+    NEEDS_REVIEW = 4
+    DUPLICATE = 5
+
+
+class Status:
+    """Values of ``decisions.status``."""
+
+    EFFECTIVE = "effective"
+    SUPERSEDED = "superseded"
+    REJECTED = "rejected"
+    PENDING_REVIEW = "pending_review"
+
+
+class ConflictState(IntEnum):
+    """Values equal ``aeterna.sync.v1.ConflictState``."""
+
+    PENDING = 1
+    RESOLVED = 2
+
+
+class Resolution(IntEnum):
+    """Values equal ``aeterna.sync.v1.Resolution``."""
+
+    KEEP_EDGE = 1
+    KEEP_CENTRAL = 2
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """One replayed decision, translated by the API layer."""
+
+    decision_id: str
+    resource: str
+    decide_time: datetime | None
+    data: bytes
+    """Deterministic protobuf encoding (with agent_id set from the credential)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Effective:
+    """The effective decision on a resource."""
+
+    decision_id: str
+    decide_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What happens to one replayed decision."""
+
+    decision_id: str
+    outcome: Outcome
+    conflicting_decision_id: str = ""
+    conflict_id: str = ""
+
+
+@dataclass(frozen=True)
+class ConflictRecord:
+    """A review item with both decisions' encodings."""
+
+    conflict_id: str
+    edge_decision: bytes
+    central_decision: bytes
+    state: ConflictState
+    resolution: int
+    resolved_by: str
+    resolved_at: datetime | None
+    created_at: datetime
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewDecision:
+    """A row to insert into the decision log."""
+
+    record: DecisionRecord
+    status: str
+
+
+class DecisionStore(Protocol):
+    """The decision log and the review queue."""
+
+    async def existing(self, connection: Connection, ids: list[str]) -> set[str]:
+        """Decision ids already in the log."""
+        ...
+
+    async def effective(self, connection: Connection, tenant_id: str, resources: list[str]) -> dict[str, Effective]:
+        """The effective decision per resource (locked for this transaction)."""
+        ...
+
+    async def write(
+        self,
+        connection: Connection,
+        *,
+        tenant_id: str,
+        agent_id: str,
+        rows: list[NewDecision],
+        superseded: list[str],
+        conflicts: list[tuple[str, str, str]],
+    ) -> None:
+        """Insert ``rows``, mark ``superseded`` ids, open ``conflicts`` (id, edge decision, central decision)."""
+        ...
+
+    async def list_conflicts(
+        self, tenant_id: str, state: ConflictState | None, after: tuple[datetime, str] | None, limit: int
+    ) -> list[ConflictRecord]:
+        """Review items oldest first, after the given (created_at, id) position."""
+        ...
+
+    async def resolve(
+        self, tenant_id: str, conflict_id: str, resolution: Resolution, resolver: str, note: str
+    ) -> ConflictRecord | None:
+        """Settle a pending item; return it (also when it was already settled) or None when unknown."""
+        ...
+
+
+def judge(policy: ConflictPolicy, decide_time: datetime, current: Effective | None) -> tuple[Outcome, str]:
+    """The outcome of a decision made at ``decide_time`` given the resource's effective decision."""
+    if current is None or current.decide_time <= decide_time:
+        return Outcome.APPLIED, ""
+    if policy == "timestamp":
+        return Outcome.SUPERSEDED, current.decision_id
+    if policy == "central":
+        return Outcome.REJECTED, current.decision_id
+    return Outcome.NEEDS_REVIEW, current.decision_id
+
+
+_STATUS_OF = {
+    Outcome.APPLIED: Status.EFFECTIVE,
+    Outcome.SUPERSEDED: Status.SUPERSEDED,
+    Outcome.REJECTED: Status.REJECTED,
+    Outcome.NEEDS_REVIEW: Status.PENDING_REVIEW,
+}
+
+
+class DecisionReplay:
+    """Replays decision batches and runs the manual review queue."""
+
+    def __init__(self, ledger: BatchLedger, store: DecisionStore, policy: ConflictPolicy) -> None:
+        self._ledger = ledger
+        self._store = store
+        self.policy: ConflictPolicy = policy
+
+    async def replay(self, meta: BatchMeta, tenant_id: str, records: list[DecisionRecord]) -> Ack:
+        """Apply a batch; the ack's ``extra["results"]`` lists one verdict per decision, in order."""
+        failures: list[ItemFailure] = []
+        valid: list[DecisionRecord] = []
+        seen: set[str] = set()
+        for record in records:
+            if not record.decision_id or not record.resource or record.decide_time is None:
+                failures.append(
+                    ItemFailure(
+                        record.decision_id, "INVALID_DECISION", "decision_id, resource and decide_time are required"
+                    )
+                )
+            elif record.decision_id in seen:
+                continue
+            else:
+                seen.add(record.decision_id)
+                valid.append(record)
+
+        async def apply(connection: Connection) -> ApplyResult:
+            known = await self._store.existing(connection, [r.decision_id for r in valid])
+            fresh = [r for r in valid if r.decision_id not in known]
+            current = await self._store.effective(connection, tenant_id, sorted({r.resource for r in fresh}))
+            verdicts: dict[str, Verdict] = {d: Verdict(d, Outcome.DUPLICATE) for d in known}
+            rows: list[NewDecision] = []
+            superseded: list[str] = []
+            conflicts: list[tuple[str, str, str]] = []
+            # In decision order, so that a batch that holds several decisions on one resource settles them in turn.
+            for record in sorted(fresh, key=lambda r: (r.decide_time, r.decision_id)):
+                assert record.decide_time is not None
+                effective = current.get(record.resource)
+                outcome, conflicting = judge(self.policy, record.decide_time, effective)
+                conflict_id = ""
+                if outcome is Outcome.APPLIED:
+                    if effective is not None:
+                        superseded.append(effective.decision_id)
+                    current[record.resource] = Effective(record.decision_id, record.decide_time)
+                elif outcome is Outcome.NEEDS_REVIEW:
+                    conflict_id = str(uuid.uuid4())
+                    conflicts.append((conflict_id, record.decision_id, conflicting))
+                rows.append(NewDecision(record, _STATUS_OF[outcome]))
+                verdicts[record.decision_id] = Verdict(record.decision_id, outcome, conflicting, conflict_id)
+            # A decision applied and then superseded within this batch is inserted as superseded directly.
+            fresh_ids = {row.record.decision_id for row in rows}
+            final_superseded = set(superseded)
+            rows = [
+                NewDecision(row.record, Status.SUPERSEDED) if row.record.decision_id in final_superseded else row
+                for row in rows
+            ]
+            await self._store.write(
+                connection,
+                tenant_id=tenant_id,
+                agent_id=meta.agent_id,
+                rows=rows,
+                superseded=[d for d in superseded if d not in fresh_ids],
+                conflicts=conflicts,
+            )
+            results = [
+                [v.decision_id, int(v.outcome), v.conflicting_decision_id, v.conflict_id]
+                for r in records
+                if (v := verdicts.get(r.decision_id)) is not None
+            ]
+            return len(records) - len(failures), failures, {"results": results}
+
+        return await self._ledger.run(meta, tenant_id, apply)
+
+    async def list_conflicts(
+        self, tenant_id: str, state: ConflictState | None, after: tuple[datetime, str] | None, limit: int
+    ) -> list[ConflictRecord]:
+        """A page of review items."""
+        return await self._store.list_conflicts(tenant_id, state, after, limit)
+
+    async def resolve(
+        self, tenant_id: str, conflict_id: str, resolution: Resolution | None, resolver: str, note: str
+    ) -> ConflictRecord:
+        """Settle a review item, recording who and when."""
+        if resolution is None:
+            raise InvalidArgument.for_field(
+                "resolution", "choose KEEP_EDGE or KEEP_CENTRAL", reason="MISSING_RESOLUTION"
+            )
+        try:
+            uuid.UUID(conflict_id)
+        except ValueError:
+            raise InvalidArgument.for_field("conflict_id", "not a conflict id", reason="BAD_CONFLICT_ID") from None
+        record = await self._store.resolve(tenant_id, conflict_id, resolution, resolver, note)
+        if record is None:
+            raise NotFound(f"no conflict {conflict_id}", reason="CONFLICT_NOT_FOUND")
+        if record.resolution != int(resolution):
+            raise FailedPrecondition(
+                f"conflict {conflict_id} was already resolved by {record.resolved_by}", reason="ALREADY_RESOLVED"
+            )
+        return record

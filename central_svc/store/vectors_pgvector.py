@@ -1,0 +1,93 @@
+"""pgvector adapter of ``VectorIndex``: the ``vectors`` table with an HNSW cosine index."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from central_svc.store.database import Database
+from central_svc.store.ledger import Connection
+from central_svc.vectors import VectorHit, VectorQuery, VectorRecord
+
+_UPSERT = """
+INSERT INTO vectors AS v (tenant_id, vector_id, region, agent_id, embedding, payload, update_time)
+SELECT %(tenant)s, u.id, u.region, %(agent)s, u.embedding::vector, u.payload::jsonb, u.t
+FROM unnest(%(ids)s::text[], %(regions)s::text[], %(embeddings)s::text[], %(payloads)s::text[],
+            %(times)s::timestamptz[])
+     AS u (id, region, embedding, payload, t)
+ON CONFLICT (tenant_id, vector_id) DO UPDATE SET
+    region = EXCLUDED.region, agent_id = EXCLUDED.agent_id, embedding = EXCLUDED.embedding,
+    payload = EXCLUDED.payload, update_time = EXCLUDED.update_time
+WHERE v.update_time <= EXCLUDED.update_time
+"""
+
+
+def vector_literal(values: list[float]) -> str:
+    """pgvector's text form of an embedding."""
+    return "[" + ",".join(map(repr, values)) + "]"
+
+
+def _parse(text: str) -> list[float]:
+    return [float(x) for x in text.strip("[]").split(",")] if text.strip("[]") else []
+
+
+class PgVectorIndex:
+    """Vectors in central's PostgreSQL."""
+
+    def __init__(self, database: Database, *, ef_search: int = 100) -> None:
+        self._database = database
+        self._ef_search = ef_search
+
+    async def upsert(
+        self, tenant_id: str, agent_id: str, rows: list[VectorRecord], *, within: Connection | None = None
+    ) -> None:
+        """Upsert in one statement, inside the ledger's transaction when given."""
+        params = {
+            "tenant": tenant_id,
+            "agent": agent_id,
+            "ids": [r.vector_id for r in rows],
+            "regions": [r.region for r in rows],
+            "embeddings": [vector_literal(r.values) for r in rows],
+            "payloads": [r.payload_json or "{}" for r in rows],
+            "times": [r.update_time for r in rows],
+        }
+        if within is not None:
+            await within.execute(_UPSERT, params)
+            return
+        async with self._database.transaction() as connection:
+            await connection.execute(_UPSERT, params)
+
+    async def search(self, query: VectorQuery) -> list[VectorHit]:
+        """HNSW search; filters are applied with iterative scans so that a filter never starves the result."""
+        sql = (
+            "SELECT vector_id, embedding::text, region, tenant_id, payload::text, update_time,"
+            " 1 - (embedding <=> %(q)s::vector) AS score FROM vectors WHERE tenant_id = %(tenant)s"
+        )
+        params: dict[str, Any] = {"q": vector_literal(query.embedding), "tenant": query.tenant_id}
+        if query.exclude_regions:
+            sql += " AND region <> ALL(%(regions)s)"
+            params["regions"] = list(query.exclude_regions)
+        if query.exclude_ids:
+            sql += " AND vector_id <> ALL(%(ids)s)"
+            params["ids"] = list(query.exclude_ids)
+        sql += " ORDER BY embedding <=> %(q)s::vector LIMIT %(limit)s"
+        params["limit"] = query.limit
+        async with self._database.transaction() as connection:
+            await connection.execute(f"SET LOCAL hnsw.ef_search = {int(self._ef_search)}")
+            await connection.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            cursor = await connection.execute(sql, params)
+            rows = await cursor.fetchall()
+        hits = [
+            VectorHit(
+                vector_id=row[0],
+                values=_parse(row[1]),
+                region=row[2],
+                tenant_id=row[3],
+                payload_json=row[4],
+                update_time=row[5],
+                score=float(row[6]),
+            )
+            for row in rows
+        ]
+        # relaxed_order may return neighbours slightly out of order; the contract says best first.
+        hits.sort(key=lambda hit: hit.score, reverse=True)
+        return [hit for hit in hits if hit.score >= query.score_threshold]

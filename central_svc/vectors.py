@@ -1,0 +1,124 @@
+"""Central's vector graph: validation of synced vectors and the ``VectorIndex`` port.
+
+The default index is pgvector (HNSW, cosine) in central's own database; a
+Qdrant server (``qdrant-client``) is the alternative. Searches are always
+restricted to the caller's tenant, which comes from the credential.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from aeterna_shared.errors import InvalidArgument
+from central_svc.batches import Ack, BatchMeta, ItemFailure
+from central_svc.store.ledger import ApplyResult, BatchLedger, Connection
+
+
+@dataclass(frozen=True, slots=True)
+class VectorRecord:
+    """One vector to store."""
+
+    vector_id: str
+    values: list[float]
+    region: str
+    payload_json: str
+    update_time: datetime
+    claimed_tenant_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VectorHit:
+    """One search result."""
+
+    vector_id: str
+    values: list[float]
+    region: str
+    tenant_id: str
+    payload_json: str
+    update_time: datetime
+    score: float
+
+
+@dataclass(frozen=True)
+class VectorQuery:
+    """A nearest-neighbour query; ``tenant_id`` always from the caller's identity."""
+
+    tenant_id: str
+    embedding: list[float]
+    limit: int
+    score_threshold: float
+    exclude_regions: tuple[str, ...] = ()
+    exclude_ids: tuple[str, ...] = ()
+
+
+class VectorIndex(Protocol):
+    """Where central's complete vector graph lives."""
+
+    async def upsert(
+        self, tenant_id: str, agent_id: str, rows: list[VectorRecord], *, within: Connection | None = None
+    ) -> None:
+        """Upsert rows (newer update_time wins); ``within`` is the ledger's transaction when the index can join it."""
+        ...
+
+    async def search(self, query: VectorQuery) -> list[VectorHit]:
+        """Best hits first, at most ``limit``, each with score >= ``score_threshold``."""
+        ...
+
+
+def embedding_problem(values: list[float], dimension: int) -> str | None:
+    """Why an embedding is unusable, or None."""
+    if len(values) != dimension:
+        return f"has {len(values)} dimensions, central is configured for {dimension}"
+    if not all(math.isfinite(v) for v in values):
+        return "contains NaN or infinite values"
+    if not any(values):
+        return "is the zero vector, which has no direction for cosine similarity"
+    return None
+
+
+def check_query(query: VectorQuery, dimension: int) -> None:
+    """INVALID_ARGUMENT for an unusable query."""
+    problem = embedding_problem(query.embedding, dimension)
+    if problem is not None:
+        raise InvalidArgument.for_field("embedding", problem, reason="BAD_EMBEDDING")
+    if not 1 <= query.limit <= 1000:
+        raise InvalidArgument.for_field("limit", "must be 1 to 1000", reason="BAD_LIMIT")
+
+
+class VectorSync:
+    """Applies vector batches and answers searches."""
+
+    def __init__(self, ledger: BatchLedger, index: VectorIndex, dimension: int) -> None:
+        self._ledger = ledger
+        self._index = index
+        self.dimension = dimension
+
+    async def ingest(self, meta: BatchMeta, tenant_id: str, records: list[VectorRecord]) -> Ack:
+        """Apply one batch; an unusable vector fails alone."""
+        failures: list[ItemFailure] = []
+        good: dict[str, VectorRecord] = {}
+        for record in records:
+            problem = embedding_problem(record.values, self.dimension) if record.vector_id else "has no vector_id"
+            if problem is None and record.claimed_tenant_id and record.claimed_tenant_id != tenant_id:
+                failures.append(ItemFailure(record.vector_id, "TENANT_MISMATCH", "vector names another tenant"))
+            elif problem is not None:
+                failures.append(ItemFailure(record.vector_id, "BAD_VECTOR", f"vector {problem}"))
+            else:
+                held = good.get(record.vector_id)
+                if held is None or held.update_time <= record.update_time:
+                    good[record.vector_id] = record
+
+        async def apply(connection: Connection) -> ApplyResult:
+            if good:
+                await self._index.upsert(tenant_id, meta.agent_id, list(good.values()), within=connection)
+            return len(records) - len(failures), failures, {}
+
+        return await self._ledger.run(meta, tenant_id, apply)
+
+    async def search(self, query: VectorQuery) -> list[VectorHit]:
+        """Validated search in the caller's tenant."""
+        check_query(query, self.dimension)
+        return await self._index.search(query)
