@@ -125,6 +125,22 @@ def run(args: argparse.Namespace) -> int:
     return 130
 
 
+def migrate(args: argparse.Namespace) -> int:
+    """Handler of ``aeterna central migrate``: upgrade the schema of ``postgresql.url`` and exit.
+
+    It refuses to run without a URL: migrating a throw-away embedded database
+    from a one-shot Job would look like success and change nothing that lasts.
+    """
+    config = load_config(args.config, os.environ)
+    configure_logging(config)
+    if config.postgresql.url is None:
+        print("error: postgresql.url is not set; 'central migrate' needs the database to migrate", file=sys.stderr)
+        return 2
+    upgrade(config.postgresql.url, vector_dimension=config.vector_database.dimension)
+    print("database schema is up to date")
+    return 0
+
+
 def main() -> int:
     """``python -m central_svc``."""
     parser = argparse.ArgumentParser(prog="python -m central_svc", description="Run Aeterna central.")

@@ -28,6 +28,14 @@ def add_commands(subparsers: Subparsers) -> None:
         description="Run Aeterna central: sync API, policy authority, episodic memory, vector graph. "
         "Without postgresql.url it starts an embedded PostgreSQL 18 + pgvector in central.dataDir.",
     )
+    central.add_argument(
+        "action",
+        nargs="?",
+        choices=["serve", "migrate"],
+        default="serve",
+        help="serve (default) runs central; migrate only brings the database schema up to date and exits "
+        "(the Helm chart's migration Job runs it)",
+    )
     central.add_argument("--config", help="YAML config file with the spec's keys (env AETERNA_* overrides)")
     central.add_argument("--ready-file", help="write JSON {pid, port, metrics_port} here once serving")
     central.set_defaults(handler=_run_central)
@@ -88,9 +96,9 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_central(args: argparse.Namespace) -> int:
-    from central_svc.__main__ import run  # noqa: PLC0415 - keeps `aeterna --help` fast
+    from central_svc.__main__ import migrate, run  # noqa: PLC0415 - keeps `aeterna --help` fast
 
-    return run(args)
+    return migrate(args) if args.action == "migrate" else run(args)
 
 
 def _report(error: Exception) -> int:
