@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, start_http_server
+import prometheus_client
 
 from aeterna_shared.config import AeternaConfig, load_config
 from central_svc.deps import build_deps
@@ -22,7 +22,8 @@ from central_svc.snapshots import SnapshotScheduler
 from central_svc.store.database import Database
 from central_svc.store.embedded_postgres import EmbeddedPostgres
 from central_svc.store.migrate import upgrade
-from interceptors.server import mark_not_serving, mark_serving
+from interceptors.server import mark_not_serving, mark_serving, start_health_server
+from interceptors.telemetry import MetricsEndpoint, serve_metrics
 
 _log = logging.getLogger("central")
 
@@ -75,15 +76,23 @@ async def _serve_on(config: AeternaConfig, database: Database, ready_file: Path 
     await server.start()
     await mark_serving(deps.health, SERVICE_NAMES)
     _log.info("central serving on %s:%d", config.central.listen_host, port)
-    registry = CollectorRegistry()
+    # One registry per process: the interceptors' RPC metrics and central's
+    # gauges are served together on one /metrics endpoint.
+    registry = prometheus_client.REGISTRY
     metrics = CentralMetrics(registry, deps)
     metrics.start()
     metrics_port = 0
-    http = None
+    endpoint: MetricsEndpoint | None = None
     if config.telemetry.metrics_enabled:
-        http, _thread = start_http_server(config.telemetry.metrics_port, registry=registry)
-        metrics_port = int(http.server_port)
-        _log.info("metrics on :%d/metrics", metrics_port)
+        endpoint = serve_metrics(config, registry=registry)
+        metrics_port = endpoint.port
+        _log.info("metrics on %s:%d/metrics", config.telemetry.metrics_host, metrics_port)
+    health_server = None
+    if config.telemetry.health_port is not None:
+        health_server, health_port = await start_health_server(
+            deps.health, config.central.listen_host, config.telemetry.health_port
+        )
+        _log.info("plaintext health endpoint for probes on port %d", health_port)
     snapshots = SnapshotScheduler(deps.episode_store, deps.snapshot_dir, config.sync.episodic_memory.snapshot_interval)
     snapshots.start()
     _log.info("episodic snapshots every %s into %s", config.sync.episodic_memory.snapshot_interval, deps.snapshot_dir)
@@ -101,8 +110,10 @@ async def _serve_on(config: AeternaConfig, database: Database, ready_file: Path 
     await snapshots.stop()
     await metrics.stop()
     await deps.listener.stop()
-    if http is not None:
-        http.shutdown()
+    if health_server is not None:
+        await health_server.stop(0)
+    if endpoint is not None:
+        endpoint.close()
     _log.info("central stopped")
     return 0
 

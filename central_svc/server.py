@@ -13,6 +13,7 @@ from central_svc.deps import CentralDeps
 from interceptors.chain import server_interceptors
 from interceptors.keys import SigningKeyring
 from interceptors.server import ServiceBinding, bind, build_server
+from interceptors.tls import server_credentials
 
 SERVICE_NAMES = (
     sync_pb2.DESCRIPTOR.services_by_name["SyncService"].full_name,
@@ -42,6 +43,7 @@ def create_server(config: AeternaConfig, deps: CentralDeps, *, port: int | None 
         compression=config.sync.network.compression,
         max_message_bytes=config.sync.batch.max_bytes,
     )
-    bound = bind(server, config.central.listen_host, config.sync.listen_port if port is None else port)
+    listen_port = config.sync.listen_port if port is None else port
+    bound = bind(server, config.central.listen_host, listen_port, server_credentials(config))
     deps.health = health_servicer
     return server, bound

@@ -1,23 +1,27 @@
 """Authentication interceptor: turns a call's credential into an ``Identity``.
 
-Only the development method ("none") is implemented here so far: the caller
-names itself with the ``x-aeterna-agent-id`` (and optional
-``x-aeterna-tenant-id``) metadata and gets every scope. Real methods (apiKey,
-oauth2, serviceAccount, mTLS pinning) plug in as ``Authenticator``s.
+The interceptor and the development method ("none": the caller names itself
+with the ``x-aeterna-agent-id`` and optional ``x-aeterna-tenant-id`` metadata
+and gets every scope) live here; the real methods (apiKey, oauth2,
+serviceAccount, mtls) are in ``interceptors.authenticators``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
 from grpc import aio
 
-from aeterna_shared.errors import AeternaError
+from aeterna_shared.errors import AeternaError, Unauthenticated
 from interceptors.errors import abort
 from interceptors.handlers import PassThrough, UnaryCall, wrap_handler
 from interceptors.identity import Identity, reset_identity, set_identity
+
+_log = logging.getLogger(__name__)
 
 AGENT_ID_HEADER = "x-aeterna-agent-id"
 TENANT_ID_HEADER = "x-aeterna-tenant-id"
@@ -47,20 +51,43 @@ class DevelopmentAuthenticator:
         )
 
 
-class _AuthHooks(PassThrough):
-    def __init__(self, authenticator: Authenticator) -> None:
-        self._authenticator = authenticator
+IdentityCheck = Callable[[Identity, dict[str, Any]], None]
+"""A check run after authentication (for example client-certificate pins); raises a domain error."""
 
-    def _identify(self, context: aio.ServicerContext[Any, Any]) -> Identity:
+FailureHook = Callable[[str, str], None]
+"""Called with (method, reason) when a call is refused, for metrics."""
+
+
+class _AuthHooks(PassThrough):
+    def __init__(
+        self, authenticator: Authenticator, checks: Sequence[IdentityCheck], on_failure: FailureHook | None
+    ) -> None:
+        self._authenticator = authenticator
+        self._checks = tuple(checks)
+        self._on_failure = on_failure
+
+    async def _identify(self, method: str, context: aio.ServicerContext[Any, Any]) -> Identity:
         metadata = tuple(context.invocation_metadata() or ())
-        return self._authenticator.authenticate(metadata, dict(context.auth_context()))
+        auth_context = dict(context.auth_context())
+        try:
+            identity = self._authenticator.authenticate(metadata, auth_context)
+            for check in self._checks:
+                check(identity, auth_context)
+        except AeternaError as error:
+            if self._on_failure is not None:
+                self._on_failure(method, error.reason)
+            await abort(context, error)
+        except Exception:
+            # A broken credential store (say an unreadable JWKS) must not leak
+            # its details to the caller; it is logged and the call refused.
+            _log.exception("authenticator failed in %s", method)
+            if self._on_failure is not None:
+                self._on_failure(method, "AUTHENTICATOR_ERROR")
+            await abort(context, Unauthenticated("authentication is unavailable", reason="AUTHENTICATOR_ERROR"))
+        return identity
 
     async def unary(self, method: str, context: aio.ServicerContext[Any, Any], call: UnaryCall) -> Any:
-        try:
-            identity = self._identify(context)
-        except AeternaError as error:
-            await abort(context, error)
-        token = set_identity(identity)
+        token = set_identity(await self._identify(method, context))
         try:
             return await call()
         finally:
@@ -69,23 +96,32 @@ class _AuthHooks(PassThrough):
     async def stream(
         self, method: str, context: aio.ServicerContext[Any, Any], responses: AsyncIterator[Any]
     ) -> AsyncIterator[Any]:
-        try:
-            identity = self._identify(context)
-        except AeternaError as error:
-            await abort(context, error)
-        token = set_identity(identity)
+        token = set_identity(await self._identify(method, context))
         try:
             async for item in responses:
                 yield item
         finally:
-            reset_identity(token)
+            # A generator closed from another context cannot reset its token;
+            # the call's context dies with it, so there is nothing to undo.
+            with contextlib.suppress(ValueError):
+                reset_identity(token)
 
 
 class AuthInterceptor(aio.ServerInterceptor):
-    """Authenticates every call except health and reflection."""
+    """Authenticates every call except health and reflection.
 
-    def __init__(self, authenticator: Authenticator) -> None:
-        self._hooks = _AuthHooks(authenticator)
+    ``checks`` run after the authenticator (client-certificate pins, for one);
+    ``on_failure`` sees the reason of every refusal (the auth-failure metric).
+    """
+
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        *,
+        checks: Sequence[IdentityCheck] = (),
+        on_failure: FailureHook | None = None,
+    ) -> None:
+        self._hooks = _AuthHooks(authenticator, checks, on_failure)
 
     async def intercept_service(
         self, continuation: Any, handler_call_details: grpc.HandlerCallDetails

@@ -39,15 +39,21 @@ class Around(Protocol):
 
 
 async def _as_async_iter(result: Any) -> AsyncIterator[Any]:
+    """Iterate whatever a streaming behaviour returned: an async or sync iterator, or a
+    coroutine (a servicer that writes with ``context.write`` and returns None)."""
     if hasattr(result, "__aiter__"):
         async for item in result:
             yield item
-    else:
-        for item in await result if hasattr(result, "__await__") else result:
-            yield item
+        return
+    if hasattr(result, "__await__"):
+        result = await result
+    for item in result or ():
+        yield item
 
 
-def wrap_handler(handler: grpc.RpcMethodHandler[Any, Any] | None, method: str, hooks: Around) -> grpc.RpcMethodHandler[Any, Any] | None:
+def wrap_handler(
+    handler: grpc.RpcMethodHandler[Any, Any] | None, method: str, hooks: Around
+) -> grpc.RpcMethodHandler[Any, Any] | None:
     """Return a handler that runs ``hooks`` around ``handler``'s behaviour."""
     if handler is None:
         return None
@@ -63,8 +69,12 @@ def wrap_handler(handler: grpc.RpcMethodHandler[Any, Any] | None, method: str, h
     if handler.unary_stream is not None:
         inner_us: Any = handler.unary_stream
 
-        def unary_stream(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            return hooks.stream(method, context, _as_async_iter(inner_us(request, context)))
+        # grpc.aio treats a streaming behaviour as asynchronous only when it is an
+        # async generator function; a plain function returning an async iterator
+        # would be iterated synchronously and fail.
+        async def unary_stream(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            async for item in hooks.stream(method, context, _as_async_iter(inner_us(request, context))):
+                yield item
 
         return grpc.unary_stream_rpc_method_handler(
             unary_stream, handler.request_deserializer, handler.response_serializer
@@ -81,9 +91,10 @@ def wrap_handler(handler: grpc.RpcMethodHandler[Any, Any] | None, method: str, h
         )
     inner_ss: Any = handler.stream_stream
 
-    def stream_stream(requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    async def stream_stream(requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         wrapped = hooks.requests(method, context, requests)
-        return hooks.stream(method, context, _as_async_iter(inner_ss(wrapped, context)))
+        async for item in hooks.stream(method, context, _as_async_iter(inner_ss(wrapped, context))):
+            yield item
 
     return grpc.stream_stream_rpc_method_handler(
         stream_stream, handler.request_deserializer, handler.response_serializer

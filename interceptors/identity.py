@@ -61,6 +61,11 @@ def current_identity() -> Identity:
     return identity
 
 
+def peek_identity() -> Identity | None:
+    """The identity of the call being served, or None (for interceptors that also serve anonymous calls)."""
+    return _current.get()
+
+
 def set_identity(identity: Identity | None) -> contextvars.Token[Identity | None]:
     """Bind ``identity`` to the current call (the auth interceptor does this)."""
     return _current.set(identity)

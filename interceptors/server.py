@@ -96,3 +96,19 @@ def bind(
     if bound == 0:
         raise OSError(f"cannot bind {address}")
     return bound
+
+
+async def start_health_server(
+    health_servicer: health.aio.HealthServicer, host: str, port: int
+) -> tuple[aio.Server, int]:
+    """A plaintext server answering only grpc.health.v1, for kubelet gRPC probes.
+
+    Kubernetes' native gRPC probes cannot speak TLS, so when the main port
+    requires TLS the chart probes this port instead (``telemetry.healthPort``).
+    It shares the main server's health servicer, so both report the same state.
+    """
+    server = aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bound = bind(server, host, port)
+    await server.start()
+    return server, bound

@@ -76,6 +76,8 @@ class CentralServerEndpoint(Section):
     """Deadline of every call to central."""
     max_retries: int = Field(default=3, ge=0, le=100)
     """Retries of a failed call before the batch stays queued."""
+    stream_timeout: Duration = timedelta(hours=1)
+    """Default deadline of a response-streaming call to central (watch, sync) when the caller sets none."""
 
     @property
     def target(self) -> str:
@@ -97,6 +99,9 @@ class ServiceAccountAuth(Section):
     """Projected, audience-bound service-account token file the edge presents."""
     audience: str = "aeterna-central"
     """Audience the projected token is bound to; central checks it."""
+    subjects: dict[str, str] = Field(default_factory=dict)
+    """Central: subject (system:serviceaccount:<ns>:<name>) -> "agent" or "tenant/agent"; when set it is an
+    allow-list, when empty the agent id is <name> in the default tenant."""
 
 
 class JwtVerification(Section):
@@ -110,11 +115,17 @@ class JwtVerification(Section):
     """Tolerance on exp/nbf."""
     algorithms: tuple[str, ...] = ("RS256", "ES256")
     """Accepted signature algorithms."""
+    agent_id_claim: str = "sub"
+    """OAuth2: claim naming the agent id (client-credentials tokens usually carry the client in sub)."""
+    tenant_claim: str = "tenant"
+    """Claim naming the tenant; absent means the default tenant."""
+    region_claim: str = "region"
+    """Claim naming the region; absent means unbound."""
 
 
 class AuthConfig(Section):
-    method: Literal["apiKey", "oauth2", "serviceAccount", "none"] = "none"
-    """How edges authenticate to central (and agents to an edge): apiKey, oauth2, serviceAccount."""
+    method: Literal["apiKey", "oauth2", "serviceAccount", "mtls", "none"] = "none"
+    """How edges authenticate to central (and agents to an edge): apiKey, oauth2, serviceAccount, mtls."""
     existing_secret: str | None = None
     """Kubernetes Secret holding the credentials (chart); mounted at `secretDir`."""
     secret_dir: str | None = None
@@ -251,8 +262,8 @@ class SyncOfflineQueue(Section):
     """Writes are queued while central is unreachable."""
     max_queue_size: int = Field(default=10_000, ge=1)
     """Maximum queued items per channel; the oldest overflow to the dead-letter store."""
-    queue_ttl: Duration = timedelta(hours=1)
-    """Queued items older than this move to the dead-letter store."""
+    queue_ttl: Duration = Field(default=timedelta(hours=1), alias="queueTTL")
+    """Queued items older than this move to the dead-letter store (the spec spells the key queueTTL)."""
     fallback_cache: bool = True
     """Serve cached results while central is unreachable."""
 
@@ -299,6 +310,8 @@ class SyncConfig(Section):
     """Token-bucket burst; unset means one second's worth."""
     max_streams_per_identity: int = Field(default=8, ge=1)
     """Maximum concurrent streams one identity may hold open."""
+    rate_limit_redis_url: str | None = None
+    """Central: redis:// URL of a limiter shared by several replicas; unset keeps buckets in process."""
     offline_after: Duration = timedelta(minutes=5)
     """Central: an edge with no batch for this long is marked offline."""
 
@@ -458,6 +471,10 @@ class TelemetrySection(Section):
     """Prometheus /metrics port (0 picks a free port)."""
     metrics_enabled: bool = True
     """Serve /metrics."""
+    health_port: int | None = Field(default=None, ge=0, le=65535)
+    """Extra plaintext port serving only grpc.health.v1 for kubelet gRPC probes, which cannot speak TLS; unset: none."""
+    metrics_host: str = "127.0.0.1"
+    """Address the /metrics endpoint binds; 0.0.0.0 in a container so Prometheus can scrape it."""
     tracing_enabled: bool = True
     """Create OpenTelemetry spans for RPCs."""
     log_format: Literal["json", "text"] = "json"
