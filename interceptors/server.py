@@ -1,7 +1,7 @@
 """Building a grpc.aio server the same way for central and edge.
 
 Both services get gzip (unless configured off), the standard health service,
-server reflection (v1alpha, which grpcurl and ``buf curl`` understand), a
+server reflection (v1alpha, which grpcurl and ``buf curl`` understand, with method lookups), a
 bounded receive size, and the interceptor chain in the order given (the first
 is outermost).
 """
@@ -15,7 +15,8 @@ from typing import Any
 import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+
+from interceptors.reflection import enable_reflection
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
@@ -67,7 +68,7 @@ def build_server(
     names = [binding.full_name for binding in bindings]
     for binding in bindings:
         binding.register(binding.servicer, server)
-    reflection.enable_server_reflection([*names, HEALTH_SERVICE, reflection.SERVICE_NAME], server)
+    enable_reflection([*names, HEALTH_SERVICE], server)
     return server, health_servicer
 
 
