@@ -1,0 +1,234 @@
+"""The gRPC adapter of the ``Central`` port: everything the edge asks of central.
+
+The channel comes from ``interceptors.channel.open_central_channel`` (TLS,
+pinning and credentials live there) and every call carries
+``central_metadata(config)`` and a deadline. Batches are signed here, at send
+time, with a fresh ``sent_time`` on every attempt, so that a batch that waited
+offline for an hour is still inside central's freshness window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+from aeterna.policy.v1 import policy_pb2, policy_pb2_grpc
+from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from aeterna_shared.config import AeternaConfig
+from aeterna_shared.errors import Unavailable
+from edge_svc.api import codec
+from edge_svc.records import (
+    Ack,
+    Channel,
+    DecisionRecord,
+    EpisodeRecord,
+    OutboxBatch,
+    PolicyBundleRecord,
+    ScoredRecord,
+    SessionRecord,
+    VectorRecord,
+    now_ns,
+)
+from interceptors.canonical import sign_batch
+from interceptors.channel import central_metadata, open_central_channel
+from interceptors.keys import edge_signing_key
+
+CHANNELS = {
+    Channel.SESSIONS: sync_pb2.SYNC_CHANNEL_SESSIONS,
+    Channel.VECTORS: sync_pb2.SYNC_CHANNEL_VECTORS,
+    Channel.DECISIONS: sync_pb2.SYNC_CHANNEL_DECISIONS,
+    Channel.EPISODES: sync_pb2.SYNC_CHANNEL_EPISODES,
+}
+_FROM_CHANNEL = {value: key for key, value in CHANNELS.items()}
+
+
+def _ack(ack: sync_pb2.BatchAck) -> Ack:
+    return Ack(
+        sequence=ack.sequence,
+        batch_id=ack.batch_id,
+        processed=ack.processed,
+        failed=ack.failed,
+        checkpoint=ack.checkpoint,
+        failures=tuple((f.item_id, f.reason, f.message) for f in ack.failures),
+    )
+
+
+class GrpcCentral:
+    """Central, reached over one long-lived channel."""
+
+    def __init__(self, config: AeternaConfig) -> None:
+        self._config = config
+        self._channel: aio.Channel = open_central_channel(config)
+        self._metadata = central_metadata(config)
+        self._timeout = config.sync.central_server.timeout.total_seconds()
+        self._key = edge_signing_key(config)
+        self._sync = sync_pb2_grpc.SyncServiceStub(self._channel)
+        self._policy = policy_pb2_grpc.PolicyServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def _header(self, batch: OutboxBatch) -> sync_pb2.BatchHeader:
+        return sync_pb2.BatchHeader(
+            batch_id=batch.batch_id,
+            sequence=batch.sequence,
+            agent_id=self._config.edge.agent_id,
+            region=self._config.edge.region,
+            sent_time=codec.ts(now_ns()),
+        )
+
+    async def check_health(self, deadline_seconds: float) -> bool:
+        """grpc.health.v1 Check of the whole server."""
+        try:
+            reply = await self._health.Check(health_pb2.HealthCheckRequest(service=""), timeout=deadline_seconds)
+        except aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def checkpoints(self) -> dict[Channel, int]:
+        """GetSyncCheckpoint."""
+        reply = await self._sync.GetSyncCheckpoint(
+            sync_pb2.GetSyncCheckpointRequest(), metadata=self._metadata, timeout=self._timeout
+        )
+        return {_FROM_CHANNEL[c.channel]: int(c.sequence) for c in reply.checkpoints if c.channel in _FROM_CHANNEL}
+
+    async def send(self, channel: Channel, batches: Sequence[OutboxBatch]) -> list[Ack]:
+        """Sessions and vectors pipeline on a bidi stream; decisions and episodes go one call per batch."""
+        if channel is Channel.SESSIONS:
+            return await self._stream(self._sync.SyncSessions, [self._sessions_request(b) for b in batches])
+        if channel is Channel.VECTORS:
+            return await self._stream(self._sync.SyncVectors, [self._vectors_request(b) for b in batches])
+        acks: list[Ack] = []
+        for batch in batches:
+            try:
+                if channel is Channel.DECISIONS:
+                    reply: Any = await self._sync.ReplayDecisions(
+                        self._decisions_request(batch), metadata=self._metadata, timeout=self._timeout
+                    )
+                else:
+                    reply = await self._sync.AppendEpisodes(
+                        self._episodes_request(batch), metadata=self._metadata, timeout=self._timeout
+                    )
+            except aio.AioRpcError:
+                if acks:
+                    return acks
+                raise
+            acks.append(_ack(reply.ack))
+        return acks
+
+    async def _stream(self, method: Any, requests: list[Any]) -> list[Ack]:
+        call = method(metadata=self._metadata, timeout=self._timeout * max(1, len(requests) // 8 + 1))
+        acks: list[Ack] = []
+
+        async def write_all() -> None:
+            for request in requests:
+                await call.write(request)
+            await call.done_writing()
+
+        writer = asyncio.get_running_loop().create_task(write_all())
+        try:
+            while len(acks) < len(requests):
+                reply = await call.read()
+                if reply is aio.EOF:
+                    break
+                acks.append(_ack(reply.ack))
+        except aio.AioRpcError:
+            if not acks:
+                raise
+        finally:
+            if not writer.done():
+                writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aio.AioRpcError, aio.UsageError):
+                await writer
+            call.cancel()
+        return acks
+
+    def _sessions_request(self, batch: OutboxBatch) -> sync_pb2.SyncSessionsRequest:
+        request = sync_pb2.SyncSessionsRequest(
+            header=self._header(batch),
+            sessions=[codec.session_to_proto(SessionRecord.from_json(item)) for item in batch.items],
+        )
+        sign_batch(request, self._key)
+        return request
+
+    def _vectors_request(self, batch: OutboxBatch) -> sync_pb2.SyncVectorsRequest:
+        request = sync_pb2.SyncVectorsRequest(
+            header=self._header(batch),
+            vectors=[codec.vector_to_proto(VectorRecord.from_json(item)) for item in batch.items],
+        )
+        sign_batch(request, self._key)
+        return request
+
+    def _decisions_request(self, batch: OutboxBatch) -> sync_pb2.ReplayDecisionsRequest:
+        request = sync_pb2.ReplayDecisionsRequest(
+            header=self._header(batch),
+            decisions=[codec.decision_to_proto(DecisionRecord.from_json(item)) for item in batch.items],
+        )
+        sign_batch(request, self._key)
+        return request
+
+    def _episodes_request(self, batch: OutboxBatch) -> sync_pb2.AppendEpisodesRequest:
+        request = sync_pb2.AppendEpisodesRequest(
+            header=self._header(batch),
+            episodes=[codec.episode_to_proto(EpisodeRecord.from_json(item)) for item in batch.items],
+        )
+        sign_batch(request, self._key)
+        return request
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        """SyncService.GetSession; None on NOT_FOUND, Unavailable when central cannot answer."""
+        try:
+            reply = await self._sync.GetSession(
+                sync_pb2.GetSessionRequest(session_id=session_id), metadata=self._metadata, timeout=self._timeout
+            )
+        except aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise Unavailable(
+                f"session {session_id!r} is not cached at this edge and central could not be read: {error.code().name}",
+                reason="CENTRAL_UNREACHABLE",
+            ) from None
+        return codec.session_from_proto(reply.session)
+
+    async def search_vectors(
+        self, embedding: Sequence[float], limit: int, score_threshold: float, exclude_ids: Sequence[str]
+    ) -> list[ScoredRecord]:
+        """SyncService.SearchVectors excluding this region and the given ids."""
+        reply = await self._sync.SearchVectors(
+            sync_pb2.SearchVectorsRequest(
+                embedding=list(embedding),
+                limit=limit,
+                score_threshold=score_threshold,
+                filter=sync_pb2.VectorFilter(
+                    exclude_regions=[self._config.edge.region], exclude_vector_ids=list(exclude_ids)
+                ),
+            ),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+        return [ScoredRecord(codec.vector_from_proto(hit.vector), hit.score, "central") for hit in reply.results]
+
+    async def watch_policies(self, known_version: int) -> AsyncIterator[PolicyBundleRecord]:
+        """PolicyService.WatchPolicies (no deadline: the stream is long-lived on purpose)."""
+        call = self._policy.WatchPolicies(
+            policy_pb2.WatchPoliciesRequest(known_version=known_version), metadata=self._metadata
+        )
+        try:
+            async for reply in call:
+                yield codec.bundle_from_proto(reply.bundle)
+        finally:
+            call.cancel()
+
+    async def announce_offline(self, reason: str) -> None:
+        """SyncService.AnnounceOffline."""
+        await self._sync.AnnounceOffline(
+            sync_pb2.AnnounceOfflineRequest(reason=reason), metadata=self._metadata, timeout=min(self._timeout, 5.0)
+        )
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close()

@@ -1,0 +1,178 @@
+"""Translation between the edge's records and protobuf messages, in both directions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aeterna.memory.v1 import memory_pb2
+from aeterna.policy.v1 import decision_pb2, policy_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from edge_svc.records import (
+    DecisionRecord,
+    EpisodeRecord,
+    JsonDict,
+    Message,
+    PolicyBundleRecord,
+    ScoredRecord,
+    SessionRecord,
+    VectorRecord,
+)
+from interceptors.canonical import session_checksum
+
+
+def ts(nanos: int) -> timestamp_pb2.Timestamp:
+    """A Timestamp from epoch nanoseconds (unset when zero)."""
+    stamp = timestamp_pb2.Timestamp()
+    if nanos:
+        stamp.FromNanoseconds(nanos)
+    return stamp
+
+
+def nanos(stamp: timestamp_pb2.Timestamp) -> int:
+    """Epoch nanoseconds of a Timestamp (zero when unset)."""
+    return int(stamp.ToNanoseconds()) if stamp.seconds or stamp.nanos else 0
+
+
+def struct(data: JsonDict) -> struct_pb2.Struct:
+    """A Struct from a JSON dict."""
+    value = struct_pb2.Struct()
+    if data:
+        value.update(data)
+    return value
+
+
+def from_struct(value: struct_pb2.Struct) -> JsonDict:
+    """A JSON dict from a Struct."""
+    result: Any = json_format.MessageToDict(value)
+    return dict(result)
+
+
+def session_to_proto(record: SessionRecord) -> memory_pb2.Session:
+    """The protobuf session, with its checksum."""
+    message = memory_pb2.Session(
+        session_id=record.session_id,
+        user_id=record.user_id,
+        messages=[
+            memory_pb2.SessionMessage(
+                role=m.role, content=m.content, create_time=ts(m.create_time), metadata=struct(m.metadata)
+            )
+            for m in record.messages
+        ],
+        last_activity_time=ts(record.last_activity),
+    )
+    if record.state:
+        message.state.CopyFrom(struct(record.state))
+    for proto_message, record_message in zip(message.messages, record.messages, strict=True):
+        if not record_message.metadata:
+            proto_message.ClearField("metadata")
+        if not record_message.create_time:
+            proto_message.ClearField("create_time")
+    if not record.last_activity:
+        message.ClearField("last_activity_time")
+    message.checksum = session_checksum(message)
+    message.tenant_id = record.tenant_id
+    return message
+
+
+def message_from_proto(message: memory_pb2.SessionMessage) -> Message:
+    """One conversation turn."""
+    return Message(message.role, message.content, nanos(message.create_time), from_struct(message.metadata))
+
+
+def session_from_proto(message: memory_pb2.Session) -> SessionRecord:
+    """The record of a protobuf session (checksum and tenant are recomputed by the edge)."""
+    return SessionRecord(
+        session_id=message.session_id,
+        user_id=message.user_id,
+        messages=[message_from_proto(m) for m in message.messages],
+        state=from_struct(message.state),
+        last_activity=nanos(message.last_activity_time),
+    )
+
+
+def vector_to_proto(record: VectorRecord) -> memory_pb2.Vector:
+    """The protobuf vector."""
+    message = memory_pb2.Vector(
+        vector_id=record.vector_id,
+        values=record.values,
+        region=record.region,
+        tenant_id=record.tenant_id,
+        update_time=ts(record.update_time),
+    )
+    if record.payload:
+        message.payload.CopyFrom(struct(record.payload))
+    return message
+
+
+def vector_from_proto(message: memory_pb2.Vector) -> VectorRecord:
+    """The record of a protobuf vector."""
+    return VectorRecord(
+        vector_id=message.vector_id,
+        values=list(message.values),
+        region=message.region,
+        tenant_id=message.tenant_id,
+        payload=from_struct(message.payload),
+        update_time=nanos(message.update_time),
+    )
+
+
+def scored_to_proto(hit: ScoredRecord) -> memory_pb2.ScoredVector:
+    """A search hit."""
+    return memory_pb2.ScoredVector(vector=vector_to_proto(hit.vector), score=hit.score)
+
+
+def decision_to_proto(record: DecisionRecord) -> decision_pb2.Decision:
+    """The protobuf decision."""
+    message = decision_pb2.Decision(
+        decision_id=record.decision_id,
+        decide_time=ts(record.decide_time),
+        principal=record.principal,
+        action=record.action,
+        resource=record.resource,
+        effect=decision_pb2.EFFECT_ALLOW if record.allowed else decision_pb2.EFFECT_DENY,
+        policy_version=record.policy_version,
+        offline=record.offline,
+    )
+    if record.metadata:
+        message.metadata.CopyFrom(struct(record.metadata))
+    return message
+
+
+def episode_to_proto(record: EpisodeRecord) -> memory_pb2.Episode:
+    """The protobuf episode."""
+    message = memory_pb2.Episode(
+        episode_id=record.episode_id,
+        session_id=record.session_id,
+        content=record.content,
+        embedding=record.embedding,
+        occur_time=ts(record.occur_time),
+        tenant_id=record.tenant_id,
+    )
+    if record.metadata:
+        message.metadata.CopyFrom(struct(record.metadata))
+    return message
+
+
+def episode_from_proto(message: memory_pb2.Episode) -> EpisodeRecord:
+    """The record of a protobuf episode."""
+    return EpisodeRecord(
+        episode_id=message.episode_id,
+        session_id=message.session_id,
+        content=message.content,
+        embedding=list(message.embedding),
+        metadata=from_struct(message.metadata),
+        occur_time=nanos(message.occur_time),
+    )
+
+
+def bundle_from_proto(message: policy_pb2.PolicyBundle) -> PolicyBundleRecord:
+    """The record of a policy bundle."""
+    return PolicyBundleRecord(
+        version=message.version,
+        policies=tuple((p.policy_id, p.text) for p in message.policies),
+        entities_json=message.entities_json or "[]",
+        schema_json=message.schema_json,
+        checksum=message.checksum,
+        publish_time=nanos(message.publish_time),
+    )

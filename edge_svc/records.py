@@ -1,0 +1,287 @@
+"""The plain data the edge keeps, independent of protobuf and of any store.
+
+Times are integer nanoseconds since the epoch so that a value survives a round
+trip through JSON and protobuf unchanged (the session checksum depends on it).
+Every record converts to and from a JSON-ready dict, which is how the cache and
+the outbox store it.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+JsonDict = dict[str, Any]
+
+
+def now_ns() -> int:
+    """The current wall-clock time in nanoseconds."""
+    return time.time_ns()
+
+
+class Channel(StrEnum):
+    """The independent sync flows from edge to central; each has its own sequence."""
+
+    SESSIONS = "sessions"
+    VECTORS = "vectors"
+    DECISIONS = "decisions"
+    EPISODES = "episodes"
+
+
+def encode_floats(values: list[float]) -> str:
+    """Pack floats as base64 little-endian float32 (a quarter of their JSON size)."""
+    return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode("ascii")
+
+
+def decode_floats(text: str) -> list[float]:
+    """Inverse of ``encode_floats``."""
+    return [float(v) for v in np.frombuffer(base64.b64decode(text), dtype="<f4")]
+
+
+def all_finite(values: list[float]) -> bool:
+    """True when no component is NaN or infinite."""
+    return all(math.isfinite(v) for v in values)
+
+
+@dataclass
+class Message:
+    """One turn of a conversation."""
+
+    role: str
+    content: str
+    create_time: int = 0
+    metadata: JsonDict = field(default_factory=dict)
+
+    def to_json(self) -> JsonDict:
+        """A JSON-ready dict."""
+        return {"role": self.role, "content": self.content, "t": self.create_time, "meta": self.metadata}
+
+    @classmethod
+    def from_json(cls, data: JsonDict) -> Message:
+        """Inverse of ``to_json``."""
+        return cls(data["role"], data["content"], int(data.get("t", 0)), dict(data.get("meta") or {}))
+
+
+@dataclass
+class SessionRecord:
+    """One session as held in session memory."""
+
+    session_id: str
+    user_id: str = ""
+    messages: list[Message] = field(default_factory=list)
+    state: JsonDict = field(default_factory=dict)
+    last_activity: int = 0
+    tenant_id: str = ""
+
+    def to_json(self) -> JsonDict:
+        """A JSON-ready dict."""
+        return {
+            "id": self.session_id,
+            "user": self.user_id,
+            "messages": [m.to_json() for m in self.messages],
+            "state": self.state,
+            "t": self.last_activity,
+            "tenant": self.tenant_id,
+        }
+
+    @classmethod
+    def from_json(cls, data: JsonDict) -> SessionRecord:
+        """Inverse of ``to_json``."""
+        return cls(
+            session_id=data["id"],
+            user_id=data.get("user", ""),
+            messages=[Message.from_json(m) for m in data.get("messages", [])],
+            state=dict(data.get("state") or {}),
+            last_activity=int(data.get("t", 0)),
+            tenant_id=data.get("tenant", ""),
+        )
+
+
+@dataclass
+class VectorRecord:
+    """One embedding with its payload."""
+
+    vector_id: str
+    values: list[float]
+    region: str = ""
+    tenant_id: str = ""
+    payload: JsonDict = field(default_factory=dict)
+    update_time: int = 0
+
+    def to_json(self) -> JsonDict:
+        """A JSON-ready dict (values packed as float32)."""
+        return {
+            "id": self.vector_id,
+            "v": encode_floats(self.values),
+            "region": self.region,
+            "tenant": self.tenant_id,
+            "payload": self.payload,
+            "t": self.update_time,
+        }
+
+    @classmethod
+    def from_json(cls, data: JsonDict) -> VectorRecord:
+        """Inverse of ``to_json``."""
+        return cls(
+            vector_id=data["id"],
+            values=decode_floats(data["v"]),
+            region=data.get("region", ""),
+            tenant_id=data.get("tenant", ""),
+            payload=dict(data.get("payload") or {}),
+            update_time=int(data.get("t", 0)),
+        )
+
+
+@dataclass
+class ScoredRecord:
+    """A search hit and where it came from."""
+
+    vector: VectorRecord
+    score: float
+    source: str = "local"
+
+
+@dataclass
+class DecisionRecord:
+    """One authorization decision as recorded for replay to central."""
+
+    decision_id: str
+    decide_time: int
+    principal: str
+    action: str
+    resource: str
+    allowed: bool
+    policy_version: int
+    metadata: JsonDict = field(default_factory=dict)
+    offline: bool = False
+
+    def to_json(self) -> JsonDict:
+        """A JSON-ready dict."""
+        return {
+            "id": self.decision_id,
+            "t": self.decide_time,
+            "p": self.principal,
+            "a": self.action,
+            "r": self.resource,
+            "allow": self.allowed,
+            "v": self.policy_version,
+            "meta": self.metadata,
+            "offline": self.offline,
+        }
+
+    @classmethod
+    def from_json(cls, data: JsonDict) -> DecisionRecord:
+        """Inverse of ``to_json``."""
+        return cls(
+            decision_id=data["id"],
+            decide_time=int(data["t"]),
+            principal=data["p"],
+            action=data["a"],
+            resource=data["r"],
+            allowed=bool(data["allow"]),
+            policy_version=int(data["v"]),
+            metadata=dict(data.get("meta") or {}),
+            offline=bool(data.get("offline", False)),
+        )
+
+
+@dataclass
+class EpisodeRecord:
+    """One entry of episodic memory on its way to central."""
+
+    episode_id: str
+    session_id: str = ""
+    content: str = ""
+    embedding: list[float] = field(default_factory=list)
+    metadata: JsonDict = field(default_factory=dict)
+    occur_time: int = 0
+    tenant_id: str = ""
+
+    def to_json(self) -> JsonDict:
+        """A JSON-ready dict."""
+        return {
+            "id": self.episode_id,
+            "session": self.session_id,
+            "content": self.content,
+            "emb": encode_floats(self.embedding) if self.embedding else "",
+            "meta": self.metadata,
+            "t": self.occur_time,
+            "tenant": self.tenant_id,
+        }
+
+    @classmethod
+    def from_json(cls, data: JsonDict) -> EpisodeRecord:
+        """Inverse of ``to_json``."""
+        return cls(
+            episode_id=data["id"],
+            session_id=data.get("session", ""),
+            content=data.get("content", ""),
+            embedding=decode_floats(data["emb"]) if data.get("emb") else [],
+            metadata=dict(data.get("meta") or {}),
+            occur_time=int(data.get("t", 0)),
+            tenant_id=data.get("tenant", ""),
+        )
+
+
+@dataclass(frozen=True)
+class PolicyBundleRecord:
+    """One immutable, versioned set of Cedar policies."""
+
+    version: int
+    policies: tuple[tuple[str, str], ...]
+    entities_json: str = "[]"
+    schema_json: str = ""
+    checksum: str = ""
+    publish_time: int = 0
+
+    def to_json(self) -> JsonDict:
+        """A JSON-ready dict."""
+        return {
+            "version": self.version,
+            "policies": [[pid, text] for pid, text in self.policies],
+            "entities": self.entities_json,
+            "schema": self.schema_json,
+            "checksum": self.checksum,
+            "t": self.publish_time,
+        }
+
+    @classmethod
+    def from_json(cls, data: JsonDict) -> PolicyBundleRecord:
+        """Inverse of ``to_json``."""
+        return cls(
+            version=int(data["version"]),
+            policies=tuple((str(p[0]), str(p[1])) for p in data["policies"]),
+            entities_json=data.get("entities") or "[]",
+            schema_json=data.get("schema", ""),
+            checksum=data.get("checksum", ""),
+            publish_time=int(data.get("t", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class OutboxBatch:
+    """One batch waiting in the outbox: its channel, sequence, id and items (JSON dicts)."""
+
+    channel: Channel
+    sequence: int
+    batch_id: str
+    created: float
+    items: list[JsonDict]
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Central's acknowledgement of one batch, reduced to what the edge acts on."""
+
+    sequence: int
+    batch_id: str
+    processed: int
+    failed: int
+    checkpoint: int
+    failures: tuple[tuple[str, str, str], ...] = ()

@@ -1,0 +1,262 @@
+"""The durable outbox: every batch bound for central, in SQLite (WAL, synchronous=FULL).
+
+A batch is committed here, with its channel, per-channel monotonic sequence
+and batch id, before anything tries to send it, and it is removed only when
+central acknowledges it (or central's checkpoint shows it was applied). Limits
+come from configuration: a batch older than the queue TTL, or the oldest
+batches when a channel holds more items than its maximum, move to the
+``dead_letters`` table, are counted per channel and logged — never dropped
+silently.
+
+All methods are synchronous and guarded by one lock; async callers run them
+with ``asyncio.to_thread`` so that fsyncs never stall the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_svc.records import Channel, JsonDict, OutboxBatch
+
+_log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    channel    TEXT    NOT NULL,
+    sequence   INTEGER NOT NULL,
+    batch_id   TEXT    NOT NULL UNIQUE,
+    created    REAL    NOT NULL,
+    item_count INTEGER NOT NULL,
+    payload    BLOB    NOT NULL,
+    PRIMARY KEY (channel, sequence)
+);
+CREATE TABLE IF NOT EXISTS channels (
+    channel        TEXT    PRIMARY KEY,
+    next_sequence  INTEGER NOT NULL DEFAULT 1,
+    acked_sequence INTEGER NOT NULL DEFAULT 0,
+    last_sync      REAL,
+    dead_letters   INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel    TEXT    NOT NULL,
+    sequence   INTEGER NOT NULL,
+    batch_id   TEXT    NOT NULL,
+    reason     TEXT    NOT NULL,
+    created    REAL    NOT NULL,
+    moved      REAL    NOT NULL,
+    item_count INTEGER NOT NULL,
+    payload    BLOB    NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class ChannelLimits:
+    """How much one channel may hold."""
+
+    max_items: int
+    ttl_seconds: float
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """What ``GetEdgeStatus`` reports for one channel."""
+
+    channel: Channel
+    pending_items: int
+    pending_batches: int
+    dead_letters: int
+    acked_sequence: int
+    last_sync: float | None
+
+
+class Outbox:
+    """SQLite-backed, per-channel ordered queue of batches."""
+
+    def __init__(self, path: Path, limits: dict[Channel, ChannelLimits]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._limits = limits
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        for channel in Channel:
+            self._db.execute("INSERT OR IGNORE INTO channels(channel) VALUES (?)", (channel.value,))
+
+    def close(self) -> None:
+        """Close the database (everything committed is already on disk)."""
+        with self._lock:
+            self._db.close()
+
+    def enqueue(self, channel: Channel, items: Sequence[JsonDict]) -> OutboxBatch:
+        """Commit one batch of ``items``; returns it with its sequence and batch id."""
+        payload = json.dumps(list(items), separators=(",", ":")).encode()
+        batch_id = str(uuid.uuid4())
+        created = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                (sequence,) = self._db.execute(
+                    "SELECT next_sequence FROM channels WHERE channel = ?", (channel.value,)
+                ).fetchone()
+                self._db.execute(
+                    "INSERT INTO batches(channel, sequence, batch_id, created, item_count, payload) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (channel.value, sequence, batch_id, created, len(items), payload),
+                )
+                self._db.execute(
+                    "UPDATE channels SET next_sequence = ? WHERE channel = ?", (sequence + 1, channel.value)
+                )
+                self._enforce_size(channel)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return OutboxBatch(channel, int(sequence), batch_id, created, list(items))
+
+    def pending(self, channel: Channel, limit: int) -> list[OutboxBatch]:
+        """The oldest ``limit`` batches of ``channel``, in sequence order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sequence, batch_id, created, payload FROM batches WHERE channel = ? ORDER BY sequence LIMIT ?",
+                (channel.value, limit),
+            ).fetchall()
+        return [
+            OutboxBatch(channel, int(seq), bid, float(created), json.loads(blob)) for seq, bid, created, blob in rows
+        ]
+
+    def contains(self, channel: Channel, sequence: int) -> bool:
+        """True while the batch is still queued."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM batches WHERE channel = ? AND sequence = ?", (channel.value, sequence)
+            ).fetchone()
+        return row is not None
+
+    def ack(self, channel: Channel, sequences: Sequence[int], checkpoint: int = 0) -> int:
+        """Remove acknowledged batches (and any at or below ``checkpoint``); returns items removed."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                removed = 0
+                for sequence in sequences:
+                    row = self._db.execute(
+                        "DELETE FROM batches WHERE channel = ? AND sequence = ? RETURNING item_count",
+                        (channel.value, sequence),
+                    ).fetchone()
+                    removed += int(row[0]) if row else 0
+                if checkpoint:
+                    rows = self._db.execute(
+                        "DELETE FROM batches WHERE channel = ? AND sequence <= ? RETURNING item_count",
+                        (channel.value, checkpoint),
+                    ).fetchall()
+                    removed += sum(int(r[0]) for r in rows)
+                top = max([*sequences, checkpoint])
+                self._db.execute(
+                    "UPDATE channels SET acked_sequence = MAX(acked_sequence, ?), last_sync = ? WHERE channel = ?",
+                    (top, now, channel.value),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return removed
+
+    def discard(self, channel: Channel, sequence: int, reason: str) -> None:
+        """Move one batch to the dead-letter table (a strong write that central refused)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._dead_letter(channel, "sequence = ?", (sequence,), reason)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def expire(self) -> int:
+        """Move batches older than their channel's TTL to the dead-letter table; returns items moved."""
+        moved = 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for channel, limits in self._limits.items():
+                    cutoff = time.time() - limits.ttl_seconds
+                    moved += self._dead_letter(channel, "created < ?", (cutoff,), "expired")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return moved
+
+    def _enforce_size(self, channel: Channel) -> None:
+        """Move the oldest batches out while the channel holds more items than allowed."""
+        limit = self._limits[channel].max_items
+        while True:
+            total, oldest = self._db.execute(
+                "SELECT COALESCE(SUM(item_count), 0), MIN(sequence) FROM batches WHERE channel = ?", (channel.value,)
+            ).fetchone()
+            if total <= limit or oldest is None:
+                return
+            self._dead_letter(channel, "sequence = ?", (oldest,), "overflow")
+
+    def _dead_letter(self, channel: Channel, where: str, params: tuple[object, ...], reason: str) -> int:
+        rows = self._db.execute(
+            f"DELETE FROM batches WHERE channel = ? AND {where} "
+            "RETURNING sequence, batch_id, created, item_count, payload",
+            (channel.value, *params),
+        ).fetchall()
+        now = time.time()
+        items = 0
+        for sequence, batch_id, created, count, payload in rows:
+            self._db.execute(
+                "INSERT INTO dead_letters(channel, sequence, batch_id, reason, created, moved, item_count, payload) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (channel.value, sequence, batch_id, reason, created, now, count, payload),
+            )
+            items += int(count)
+            _log.warning(
+                "outbox: %s batch %s (sequence %d, %d items) moved to dead letters: %s",
+                channel.value,
+                batch_id,
+                sequence,
+                count,
+                reason,
+            )
+        if items:
+            self._db.execute(
+                "UPDATE channels SET dead_letters = dead_letters + ? WHERE channel = ?", (items, channel.value)
+            )
+        return items
+
+    def stats(self) -> list[ChannelStats]:
+        """Depth, dead letters and last sync of every channel."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT c.channel, COALESCE(SUM(b.item_count), 0), COUNT(b.sequence), c.dead_letters, "
+                "c.acked_sequence, c.last_sync FROM channels c LEFT JOIN batches b ON b.channel = c.channel "
+                "GROUP BY c.channel ORDER BY c.channel"
+            ).fetchall()
+        return [
+            ChannelStats(Channel(name), int(items), int(batches), int(dead), int(acked), last)
+            for name, items, batches, dead, acked, last in rows
+        ]
+
+    def dead_letters(self, channel: Channel) -> list[tuple[int, str, str, int]]:
+        """(sequence, batch_id, reason, item_count) of the channel's dead letters, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sequence, batch_id, reason, item_count FROM dead_letters WHERE channel = ? ORDER BY id",
+                (channel.value,),
+            ).fetchall()
+        return [(int(s), str(b), str(r), int(c)) for s, b, r, c in rows]

@@ -1,0 +1,82 @@
+"""A real redis-server for the test session, flushed before each test that uses it.
+
+It listens on a Unix socket in a temporary directory, so it never takes a TCP
+port, and runs with persistence off, as the edge's owned Redis does.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+
+def _start(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    sock = directory / "redis.sock"
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"unix://{sock}"
+    for _ in range(500):
+        if process.poll() is not None:
+            raise RuntimeError("redis-server exited at start")
+        try:
+            client = redis.Redis.from_url(url)
+            try:
+                if client.ping():
+                    return process, url
+            finally:
+                client.close()
+        except (redis.ConnectionError, OSError):
+            time.sleep(0.01)
+    process.kill()
+    raise RuntimeError("redis-server did not answer")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """URL (unix://) of a redis-server shared by the whole session."""
+    directory = Path(tempfile.mkdtemp(prefix="aeterna-redis-"))
+    process, url = _start(directory)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """The session's redis-server, emptied for this test."""
+    client = redis.Redis.from_url(redis_server)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return redis_server
