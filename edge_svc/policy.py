@@ -108,8 +108,10 @@ class CedarAgent:
         _log.info("policy bundle version %d in force", record.version)
         return True
 
-    def authorize(self, principal: str, action: str, resource: str, context: JsonDict, entities_json: str) -> Verdict:
-        """Decide, record the decision, and return the verdict."""
+    async def authorize(
+        self, principal: str, action: str, resource: str, context: JsonDict, entities_json: str
+    ) -> Verdict:
+        """Decide, record the decision durably, and return the verdict."""
         for name, value in (("principal", principal), ("action", action), ("resource", resource)):
             if not value:
                 raise InvalidArgument.for_field(name, 'must be a Cedar entity uid such as User::"alice"')
@@ -136,7 +138,7 @@ class CedarAgent:
                 decision_id,
                 offline,
             )
-        self._sync.record_decision(
+        await self._sync.record_decision(
             DecisionRecord(
                 decision_id=decision_id,
                 decide_time=now_ns(),

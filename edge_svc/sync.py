@@ -39,8 +39,6 @@ _log = logging.getLogger(__name__)
 
 # Batches sent per round trip window on one stream.
 _WINDOW = 32
-# How long decisions are gathered before one outbox commit (group commit).
-_DECISION_COMMIT_SECONDS = 0.02
 # How long a drain of the decisions channel waits to gather more decisions.
 _DECISION_DRAIN_DELAY = 0.05
 _DRAIN_ORDER = (Channel.SESSIONS, Channel.VECTORS, Channel.EPISODES, Channel.DECISIONS)
@@ -91,8 +89,8 @@ class SyncEngine:
         self._collect_lock = asyncio.Lock()
         self._session_wake = asyncio.Event()
         self._decision_wake = asyncio.Event()
-        self._decision_buffer: list[JsonDict] = []
-        self._decision_flushed = asyncio.Event()
+        self._decision_buffer: list[tuple[JsonDict, asyncio.Future[None]]] = []
+        self._decision_arrived = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         link.on_online(self.resume)
 
@@ -102,9 +100,24 @@ class SyncEngine:
         """Called on every session write; wakes the collector to check whether a batch filled up."""
         self._session_wake.set()
 
-    def record_decision(self, decision: DecisionRecord) -> None:
-        """Queue a decision; the writer commits it to the outbox within a few milliseconds."""
-        self._decision_buffer.append(decision.to_json())
+    async def record_decision(self, decision: DecisionRecord) -> None:
+        """Record a decision durably: return only once it is committed to the outbox.
+
+        Decisions that arrive while a commit is running share the next one
+        (group commit), so concurrent Authorize calls pay for one fsync between
+        them, yet no caller is answered before its decision is on disk: an edge
+        killed right after answering still replays that decision.
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._decision_buffer.append((decision.to_json(), future))
+        if self._tasks:
+            self._decision_arrived.set()
+        else:
+            # No writer loop (the node is not started, e.g. in a unit test): commit inline.
+            await self.commit_decisions()
+        # The commit must finish even if this caller goes away, so other callers
+        # sharing the same commit are not affected by its cancellation.
+        await asyncio.shield(future)
 
     async def queue_vectors(self, vectors: Sequence[VectorRecord]) -> None:
         """Commit vectors written at the edge to the outbox, in batches of the vector-sync size."""
@@ -162,13 +175,24 @@ class SyncEngine:
         return queued
 
     async def commit_decisions(self) -> int:
-        """Group-commit buffered decisions to the outbox; returns how many were committed."""
+        """Group-commit buffered decisions to the outbox, then release their callers; returns how many."""
         if not self._decision_buffer:
             return 0
         pending, self._decision_buffer = self._decision_buffer, []
         size = self._config.sync.batch.max_size
-        for start in range(0, len(pending), size):
-            await asyncio.to_thread(self._outbox.enqueue, Channel.DECISIONS, pending[start : start + size])
+        try:
+            for start in range(0, len(pending), size):
+                chunk = [record for record, _ in pending[start : start + size]]
+                await asyncio.to_thread(self._outbox.enqueue, Channel.DECISIONS, chunk)
+        except BaseException as error:
+            failure = error if isinstance(error, Exception) else RuntimeError("decision commit was interrupted")
+            for _, future in pending:
+                if not future.done():
+                    future.set_exception(failure)
+            raise
+        for _, future in pending:
+            if not future.done():
+                future.set_result(None)
         self._decision_wake.set()
         return len(pending)
 
@@ -298,7 +322,8 @@ class SyncEngine:
 
     async def _decision_writer(self) -> None:
         while True:
-            await asyncio.sleep(_DECISION_COMMIT_SECONDS)
+            await self._decision_arrived.wait()
+            self._decision_arrived.clear()
             await self._guard(self.commit_decisions())
 
     async def _decision_loop(self) -> None:

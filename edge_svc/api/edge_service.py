@@ -133,7 +133,7 @@ class EdgeService(edge_pb2_grpc.EdgeServiceServicer):
     async def Authorize(self, request: edge_pb2.AuthorizeRequest, context: Context) -> edge_pb2.AuthorizeResponse:
         """Decide with the current Cedar bundle."""
         self._tenant()
-        verdict = self._node.agent.authorize(
+        verdict = await self._node.agent.authorize(
             request.principal,
             request.action,
             request.resource,

