@@ -8,6 +8,7 @@ from aeterna.memory.v1 import memory_pb2
 from aeterna.policy.v1 import decision_pb2, policy_pb2
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
+from aeterna_shared.errors import InvalidArgument
 from edge_svc.records import (
     DecisionRecord,
     EpisodeRecord,
@@ -46,6 +47,32 @@ def from_struct(value: struct_pb2.Struct) -> JsonDict:
     """A JSON dict from a Struct."""
     result: Any = json_format.MessageToDict(value)
     return dict(result)
+
+
+def cedar_context(value: struct_pb2.Struct) -> JsonDict:
+    """A Cedar context record from a Struct.
+
+    Struct carries every number as a double, but Cedar's only number type is a
+    64-bit integer (Long): a whole number becomes an int, and a fraction is
+    refused with a message saying what to send instead (Cedar's ``decimal``
+    extension takes a string such as "1.5").
+    """
+    result: JsonDict = {key: _cedar_value(item, f"context.{key}") for key, item in from_struct(value).items()}
+    return result
+
+
+def _cedar_value(value: Any, path: str) -> Any:
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 2**63:
+            return int(value)
+        raise InvalidArgument.for_field(
+            path, f"{value!r} is not a whole number; Cedar has no floating point (send a decimal as a string)"
+        )
+    if isinstance(value, dict):
+        return {key: _cedar_value(item, f"{path}.{key}") for key, item in value.items()}
+    if isinstance(value, list):
+        return [_cedar_value(item, f"{path}[{index}]") for index, item in enumerate(value)]
+    return value
 
 
 def session_to_proto(record: SessionRecord) -> memory_pb2.Session:

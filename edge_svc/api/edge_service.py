@@ -137,7 +137,7 @@ class EdgeService(edge_pb2_grpc.EdgeServiceServicer):
             request.principal,
             request.action,
             request.resource,
-            codec.from_struct(request.context),
+            codec.cedar_context(request.context),
             request.entities_json,
         )
         return edge_pb2.AuthorizeResponse(

@@ -165,6 +165,16 @@ def _code(error: aio.AioRpcError) -> grpc.StatusCode:
         ),
         ("Authorize", edge_pb2.AuthorizeRequest(principal="", action='Action::"a"', resource='R::"r"'), "principal"),
         ("PutSession", edge_pb2.PutSessionRequest(), "session"),
+        (
+            "Authorize",
+            edge_pb2.AuthorizeRequest(
+                principal='User::"a"',
+                action='Action::"b"',
+                resource='R::"c"',
+                context=struct_pb2.Struct(fields={"risk": struct_pb2.Value(number_value=1.5)}),
+            ),
+            "context.risk",
+        ),
     ],
 )
 async def test_bad_input_is_invalid_argument(
@@ -207,3 +217,18 @@ async def test_grpc_surface_offline(edge_stub: edge_pb2_grpc.EdgeServiceStub) ->
     assert status.link_state == edge_pb2.LINK_STATE_OFFLINE
     assert status.local_sessions == 1
     assert {q.channel for q in status.queues} == {1, 2, 3, 4}
+
+
+async def test_numbers_in_an_authorize_context_reach_cedar_as_integers(
+    offline_edge: Resources, edge_stub: edge_pb2_grpc.EdgeServiceStub
+) -> None:
+    """Struct carries numbers as doubles; Cedar compares Longs. A whole number must decide like an int."""
+    assert offline_edge.node.agent.apply(bundle(1))
+    decisions = {}
+    for risk in (1, 9):
+        request = edge_pb2.AuthorizeRequest(principal='User::"alice"', action='Action::"approve"', resource='Doc::"d"')
+        request.context.update({"risk": risk})
+        reply = await edge_stub.Authorize(request)
+        assert not reply.errors
+        decisions[risk] = reply.effect
+    assert decisions == {1: decision_pb2.EFFECT_ALLOW, 9: decision_pb2.EFFECT_DENY}
