@@ -20,7 +20,8 @@ class CentralMetrics:
     def __init__(self, registry: CollectorRegistry, deps: CentralDeps, interval: float = 15.0) -> None:
         self._deps = deps
         self._interval = interval
-        self.edges = Gauge("aeterna_central_edges", "Edges by state", ["state"], registry=registry)
+        self.edges = Gauge("aeterna_edges", "Edges in central's registry, by state.", ["state"], registry=registry)
+        self.online = Gauge("aeterna_edges_online", "Edges central considers online.", registry=registry)
         self.watchers = Gauge("aeterna_central_policy_watchers", "Connected policy watchers", registry=registry)
         self._task: asyncio.Task[None] | None = None
 
@@ -37,6 +38,7 @@ class CentralMetrics:
             after = views[-1].row.agent_id
         for state, count in counts.items():
             self.edges.labels(state=state.name.lower()).set(count)
+        self.online.set(counts[EdgeState.ONLINE])
         self.watchers.set(self._deps.policies.hub.watcher_count)
 
     def start(self) -> None:

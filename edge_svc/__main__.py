@@ -19,10 +19,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import prometheus_client
+from prometheus_client import CollectorRegistry
+
 from aeterna_shared.config import AeternaConfig, load_config
 from edge_svc.api.central_client import GrpcCentral
 from edge_svc.link import LinkMonitor
 from edge_svc.memory import SessionMemory, WorkingMemory
+from edge_svc.metrics import OutboxCollector, SyncMetrics
 from edge_svc.node import EdgeNode
 from edge_svc.policy import CedarAgent, PolicyWatcher
 from edge_svc.records import Channel
@@ -34,6 +38,8 @@ from edge_svc.store.redis_server import OwnedRedis
 from edge_svc.store.vectors import QdrantEdgeStore
 from edge_svc.sync import SyncEngine
 from edge_svc.vectors import VectorIndex
+from interceptors.server import start_health_server
+from interceptors.telemetry import MetricsEndpoint, serve_metrics
 
 _log = logging.getLogger("edge_svc")
 
@@ -83,8 +89,13 @@ def _open_local(config: AeternaConfig) -> tuple[OwnedRedis | None, str, Outbox, 
     return owned, url, outbox, store
 
 
-async def open_edge(config: AeternaConfig) -> Resources:
-    """Open every store and build the node (no loop started yet)."""
+async def open_edge(config: AeternaConfig, registry: CollectorRegistry | None = None) -> Resources:
+    """Open every store and build the node (no loop started yet).
+
+    With a ``registry`` the node reports its sync outcomes and outbox state
+    there (the process registry in production; none in in-process tests, which
+    may build several nodes in one process).
+    """
     owned, url, outbox, store = await asyncio.to_thread(_open_local, config)
     data_dir = Path(config.edge.data_dir)
     cache = RedisCache(url)
@@ -92,7 +103,7 @@ async def open_edge(config: AeternaConfig) -> Resources:
     central = GrpcCentral(config)
     link = LinkMonitor(config, central.check_health, enabled=config.sync.enabled)
     sessions = SessionMemory(cache, config.cache.layers.session.ttl)
-    sync = SyncEngine(config, outbox, central, link, sessions)
+    sync = SyncEngine(config, outbox, central, link, sessions, metrics=SyncMetrics(registry) if registry else None)
     sessions.on_dirty = sync.session_written
     working = WorkingMemory(cache, config.cache.layers.working.ttl)
     vectors = VectorIndex(config, store, central, link, sync)
@@ -100,6 +111,8 @@ async def open_edge(config: AeternaConfig) -> Resources:
     retry_base = max(min(config.central_server.health_check.interval.total_seconds(), 1.0), 0.05)
     watcher = PolicyWatcher(agent, central, link, retry_base)
     node = EdgeNode(config, working, sessions, vectors, agent, watcher, sync, link, outbox, central)
+    if registry is not None:
+        registry.register(OutboxCollector(outbox, lambda: link.online, lambda: agent.version))
     return Resources(node, cache, store, owned)
 
 
@@ -113,15 +126,27 @@ def write_ready_file(path: Path, port: int, metrics_port: int) -> None:
 
 async def run(config: AeternaConfig, ready_file: Path | None) -> int:
     """Run the edge until SIGTERM or SIGINT."""
-    resources = await open_edge(config)
+    registry = prometheus_client.REGISTRY
+    resources = await open_edge(config, registry)
     node = resources.node
     edge_server, port = create_server(config, node)
+    endpoint: MetricsEndpoint | None = None
+    metrics_port = 0
+    if config.telemetry.metrics_enabled:
+        endpoint = serve_metrics(config, registry=registry)
+        metrics_port = endpoint.port
+    health_server = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         await edge_server.start()
+        if config.telemetry.health_port is not None:
+            health_server, health_port = await start_health_server(
+                edge_server.health, config.edge.listen_host, config.telemetry.health_port
+            )
+            _log.info("plaintext health endpoint for probes on port %d", health_port)
         await node.start()
         _log.info(
             "edge %s (region %s) serving on %s:%d, central %s",
@@ -132,13 +157,17 @@ async def run(config: AeternaConfig, ready_file: Path | None) -> int:
             "online" if node.link.online else "offline",
         )
         if ready_file is not None:
-            await asyncio.to_thread(write_ready_file, ready_file, port, 0)
+            await asyncio.to_thread(write_ready_file, ready_file, port, metrics_port)
         await stop.wait()
         _log.info("stopping edge")
     finally:
         await edge_server.stop(SHUTDOWN_GRACE_SECONDS)
+        if health_server is not None:
+            await health_server.stop(0)
         await node.shutdown(SHUTDOWN_GRACE_SECONDS)
         await resources.close()
+        if endpoint is not None:
+            endpoint.close()
     return 0
 
 

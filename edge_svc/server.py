@@ -13,6 +13,7 @@ from edge_svc.api.edge_service import EdgeService
 from edge_svc.node import EdgeNode
 from interceptors.chain import server_interceptors
 from interceptors.server import ServiceBinding, bind, build_server, mark_not_serving, mark_serving
+from interceptors.tls import server_credentials
 
 SERVICE_NAME = edge_pb2.DESCRIPTOR.services_by_name["EdgeService"].full_name
 
@@ -44,5 +45,5 @@ def create_server(config: AeternaConfig, deps: EdgeNode) -> tuple[EdgeServer, in
         compression=config.sync.network.compression,
         max_message_bytes=config.sync.batch.max_bytes,
     )
-    port = bind(server, config.edge.listen_host, config.edge.listen_port)
+    port = bind(server, config.edge.listen_host, config.edge.listen_port, server_credentials(config))
     return EdgeServer(server, health_servicer), port

@@ -31,6 +31,7 @@ from aeterna_shared.errors import Unavailable
 from edge_svc.backoff import backoff_delay
 from edge_svc.link import LinkMonitor
 from edge_svc.memory import SessionMemory
+from edge_svc.metrics import SyncMetrics
 from edge_svc.ports import Central
 from edge_svc.records import Channel, DecisionRecord, EpisodeRecord, JsonDict, OutboxBatch, VectorRecord
 from edge_svc.store.outbox import Outbox
@@ -63,8 +64,11 @@ class SyncEngine:
         central: Central,
         link: LinkMonitor,
         sessions: SessionMemory,
+        *,
+        metrics: SyncMetrics | None = None,
     ) -> None:
         self._config = config
+        self._metrics = metrics
         self._outbox = outbox
         self._central = central
         self._link = link
@@ -213,8 +217,12 @@ class SyncEngine:
                 except Exception as error:
                     acks = []
                     _log.warning("sending %d %s batches failed: %s", len(batches), channel.value, error)
+                    if self._metrics is not None:
+                        self._metrics.send_failed(channel, len(batches))
                 if acks:
                     for ack in acks:
+                        if self._metrics is not None:
+                            self._metrics.acked(channel, ack)
                         for item_id, reason, message in ack.failures:
                             _log.error(
                                 "central refused %s item %s in batch %s: %s (%s)",

@@ -9,8 +9,8 @@ Metrics are Prometheus collectors on a ``CollectorRegistry`` passed in (the
 process default when none is given), served on ``/metrics`` by
 ``start_metrics_server``:
 
-* ``aeterna_rpc_server_handled_total{role,method,code}``
-* ``aeterna_rpc_server_handling_seconds{role,method}`` (for streams: the stream's lifetime)
+* ``aeterna_rpc_requests_total{role,method,code}``
+* ``aeterna_rpc_duration_seconds{role,method}`` (for streams: the stream's lifetime)
 * ``aeterna_rpc_rate_limited_total{role,method,reason}`` (rate limit and stream limit refusals)
 * ``aeterna_rpc_auth_failures_total{role,method,reason}``
 """
@@ -60,14 +60,14 @@ class RpcMetrics:
         self.role = role
         self.handled = _get_or_create(
             self.registry,
-            "aeterna_rpc_server_handled",
+            "aeterna_rpc_requests",
             Counter,
             "RPCs completed, by method and status code.",
             ["role", "method", "code"],
         )
         self.latency = _get_or_create(
             self.registry,
-            "aeterna_rpc_server_handling_seconds",
+            "aeterna_rpc_duration_seconds",
             Histogram,
             "Time to serve an RPC (a stream's whole lifetime for streaming RPCs).",
             ["role", "method"],

@@ -252,6 +252,14 @@ class Outbox:
             for name, items, batches, dead, acked, last in rows
         ]
 
+    def dead_letter_counts(self) -> list[tuple[Channel, str, int]]:
+        """(channel, cause, items) over the whole dead-letter store, for metrics."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT channel, reason, SUM(item_count) FROM dead_letters GROUP BY channel, reason"
+            ).fetchall()
+        return [(Channel(channel), str(reason), int(items)) for channel, reason, items in rows]
+
     def dead_letters(self, channel: Channel) -> list[tuple[int, str, str, int]]:
         """(sequence, batch_id, reason, item_count) of the channel's dead letters, oldest first."""
         with self._lock:

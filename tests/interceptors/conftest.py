@@ -151,7 +151,7 @@ class RunningServer:
         for metric in self.registry.collect():
             for sample in metric.samples:
                 if (
-                    sample.name == "aeterna_rpc_server_handled_total"
+                    sample.name == "aeterna_rpc_requests_total"
                     and sample.labels["method"].endswith(method_suffix)
                     and sample.labels["code"] == code
                 ):

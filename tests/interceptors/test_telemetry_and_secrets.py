@@ -78,10 +78,10 @@ async def test_metrics_endpoint(serve: ServeFactory, tls_material: TlsMaterial) 
     finally:
         endpoint.close()
     method = "/aeterna.sync.v1.SyncService/SearchVectors"
-    assert f'aeterna_rpc_server_handled_total{{code="OK",method="{method}",role="central"}} 1.0' in text
-    assert f'aeterna_rpc_server_handled_total{{code="UNAUTHENTICATED",method="{method}",role="central"}} 1.0' in text
+    assert f'aeterna_rpc_requests_total{{code="OK",method="{method}",role="central"}} 1.0' in text
+    assert f'aeterna_rpc_requests_total{{code="UNAUTHENTICATED",method="{method}",role="central"}} 1.0' in text
     assert f'aeterna_rpc_auth_failures_total{{method="{method}",reason="INVALID_API_KEY",role="central"}} 1.0' in text
-    assert "aeterna_rpc_server_handling_seconds_bucket" in text
+    assert "aeterna_rpc_duration_seconds_bucket" in text
     assert "sk-x" not in text
     assert "sk-m" not in text
 
