@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from aeterna_cli.api.clients import CentralClient, EdgeClient, wire_sizes
+from aeterna_cli.central_db import CentralCounts, central_counts
 from aeterna_cli.processes import ServiceFactory, ServiceProcess
+from central_svc.store.embedded_postgres import EmbeddedPostgres
 
 DIMENSION = 384
 
@@ -155,7 +157,13 @@ def central_document(data_dir: Path) -> dict[str, Any]:
         "deploymentMode": "central",
         "sync": {"listenPort": 0},
         "central": {"dataDir": str(data_dir)},
-        "aeterna": {"offline": {"conflictResolution": "manual"}},
+        # Approvals conflicting after an outage go to a person; everything else: latest wins.
+        "aeterna": {
+            "offline": {
+                "conflictResolution": "timestamp",
+                "conflictResolutionByAction": {'Action::"approve"': "manual"},
+            }
+        },
         "vectorDatabase": {"dimension": DIMENSION},
         "telemetry": {"metricsPort": 0, "logFormat": "text"},
     }
@@ -190,10 +198,12 @@ class Tour:
         self.factory = ServiceFactory(workdir)
         self.central_process: ServiceProcess | None = None
         self.edges: dict[str, EdgeClient] = {}
+        self.edge_processes: dict[str, ServiceProcess] = {}
         self.central: CentralClient | None = None
         self.sessions_written: set[str] = set()
         self.vectors_written: list[tuple[str, list[float], dict[str, Any]]] = []
-        self.decisions_made = 0
+        self.vector_ids: set[str] = set()
+        self.decision_ids: list[str] = []
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -216,6 +226,7 @@ class Tour:
         ) as results:
             self.central_process = self.factory.make("central", "central", central_document(self.workdir / "central"))
             self.central_process.start()
+            self.central_process.keep_port()
             self.central = CentralClient(self.central_process.target)
             results["target"] = self.central_process.target
             self.narrator.result(f"central serving on {self.central_process.target} (embedded PostgreSQL ready)")
@@ -231,6 +242,8 @@ class Tour:
                     self.central_process.port, self.workdir / agent_id / "data", agent_id, region, self.fast
                 )
                 process = self.factory.make("edge", agent_id, document).start()
+                process.keep_port()
+                self.edge_processes[agent_id] = process
                 self.edges[agent_id] = EdgeClient(process.target, agent_id="agent-" + region)
                 results[agent_id] = process.target
                 self.narrator.result(f"{agent_id} ({region}) serving on {process.target}")
@@ -308,8 +321,10 @@ class Tour:
         ) as results:
             count = 60 if self.fast else 300
             self.vectors_written = clustered_vectors(count, seed=7, prefix="shipping")
+            billing = clustered_vectors(5, seed=99, prefix="billing")
             us.upsert_vectors(self.vectors_written)
-            eu.upsert_vectors(clustered_vectors(5, seed=99, prefix="billing"))
+            eu.upsert_vectors(billing)
+            self.vector_ids = {v[0] for v in self.vectors_written + billing}
             us.flush()
             query = self.vectors_written[0][1]
             first = eu.search(query, limit=5, threshold=0.5)
@@ -327,16 +342,19 @@ class Tour:
             "Each edge decides with its Cedar bundle; a new version published at central changes decisions live.",
         ) as results:
             rows = []
+            # Each edge decides on its own region's invoice: decisions on one resource from two
+            # edges within a replay interval are a conflict, which is the next steps' subject.
+            invoices = {"edge-us": 'Invoice::"inv-7"', "edge-eu": 'Invoice::"inv-8"'}
             for name, edge in self._both():
                 for principal in ("alice", "bob"):
-                    decision = edge.authorize(f'User::"{principal}"', 'Action::"approve"', 'Invoice::"inv-7"')
-                    self.decisions_made += 1
+                    decision = edge.authorize(f'User::"{principal}"', 'Action::"approve"', invoices[name])
+                    self.decision_ids.append(decision.decision_id)
                     rows.append((name, principal, "approve", decision.effect, f"v{decision.policy_version}"))
             version = self._central().publish(POLICY_V2, ENTITIES_V2)
             for name, edge in self._both():
                 wait_for_policy(edge, name, version, self.narrator)
-                decision = edge.authorize('User::"bob"', 'Action::"approve"', 'Invoice::"inv-7"')
-                self.decisions_made += 1
+                decision = edge.authorize('User::"bob"', 'Action::"approve"', invoices[name])
+                self.decision_ids.append(decision.decision_id)
                 rows.append((name, "bob", "approve", decision.effect, f"v{decision.policy_version}"))
             self.narrator.table(("edge", "principal", "action", "effect", "policy"), rows)
             results["bob_after_v2"] = rows[-1][3]
@@ -351,70 +369,88 @@ class Tour:
             for name, edge in self._both():
                 took = wait_for_link(edge, name, online=False, narrator=self.narrator)
                 self.narrator.result(f"{name} offline after {took:.1f} s")
-            # Two edges decide on the same invoice while apart: a conflict for central to settle.
-            us = self.edges["edge-us"].authorize('User::"alice"', 'Action::"approve"', 'Invoice::"inv-9"')
-            time.sleep(0.05)
-            eu = self.edges["edge-eu"].authorize('User::"mallory"', 'Action::"approve"', 'Invoice::"inv-9"')
-            self.decisions_made += 2
-            self.narrator.result(
-                f"offline decisions: edge-us {us.effect} (offline={us.offline}), "
-                f"edge-eu {eu.effect} (offline={eu.offline})"
-            )
+            # While apart, both edges decide on the same invoice and the same document;
+            # edge-us first, so edge-eu's decisions are the later ones.
+            rows = []
+            approver = {"edge-us": "alice", "edge-eu": "mallory"}
+            for name in ("edge-us", "edge-eu"):
+                edge = self.edges[name]
+                for principal, action, resource in (
+                    (approver[name], "approve", 'Invoice::"inv-9"'),
+                    ("alice", "read", 'Document::"doc-5"'),
+                ):
+                    decision = edge.authorize(f'User::"{principal}"', f'Action::"{action}"', resource)
+                    self.decision_ids.append(decision.decision_id)
+                    rows.append((name, action, resource, decision.effect, "yes" if decision.offline else "no"))
+                    time.sleep(0.01)
+            self.narrator.table(("edge", "action", "resource", "effect", "offline"), rows)
             cached = self.edges["edge-us"].get_session("sess-1")
             self.narrator.result(f"session read while offline answered from {cached[1] if cached else 'nowhere'}")
-            queued = {name: edge.status().pending_items for name, edge in self._both()}
-            self.narrator.result(f"queued at the edges: {queued}")
-            results.update(offline_effects=[us.effect, eu.effect], queued=queued)
+            queued = {name: edge.status().pending_items.get("decisions", 0) for name, edge in self._both()}
+            self.narrator.result(f"decisions queued in the outboxes: {queued}")
+            # edge-us is also restarted while offline: its queue is on disk and must survive.
+            self.edge_processes["edge-us"].stop()
+            self.narrator.result("edge-us stopped with its queue on disk (it will replay after edge-eu)")
+            results.update(queued=queued)
 
     def reconnect(self) -> None:
         assert self.central_process is not None
         with self._step(
             "Central returns: replay and conflicts",
-            "The edges notice, drain their outboxes in order, and central replays the offline decisions.",
+            "Edges drain their outboxes; edge-us replays decisions older than edge-eu's, so they conflict.",
         ) as results:
             self.central_process.start()
-            self.central.close() if self.central else None
+            if self.central is not None:
+                self.central.close()
             self.central = CentralClient(self.central_process.target)
-            for name, edge in self._both():
-                took = wait_for_link(edge, name, online=True, narrator=self.narrator)
-                self.narrator.result(f"{name} online again after {took:.1f} s")
-            for _, edge in self._both():
-                edge.flush()
+            eu = self.edges["edge-eu"]
+            took = wait_for_link(eu, "edge-eu", online=True, narrator=self.narrator)
+            eu.flush()
+            self.narrator.result(f"edge-eu online after {took:.1f} s and replayed its queue")
+            self.edge_processes["edge-us"].start()
+            us = self.edges["edge-us"]
+            took = wait_for_link(us, "edge-us", online=True, narrator=self.narrator)
+            us.flush()
+            self.narrator.result(f"edge-us restarted, online after {took:.1f} s, replayed its queue from disk")
+            statuses = self._central_counts().decision_statuses
+            self.narrator.result(
+                "read on doc-5 (policy: timestamp): the later decision wins, the earlier is kept as "
+                f"history (decisions superseded so far: {statuses.get('superseded', 0)})"
+            )
             conflicts = wait_for_conflicts(self._central(), self.narrator)
             for conflict in conflicts:
                 self.narrator.result(
-                    f"manual review: {conflict.resource}: edge said {conflict.edge_effect}, "
-                    f"central has {conflict.central_effect}"
+                    f"approve on {conflict.resource} (policy: manual): held for review; "
+                    f"edge said {conflict.edge_effect}, central has {conflict.central_effect}"
                 )
             if conflicts:
                 resolver = self._central().resolve(conflicts[0].conflict_id, keep_edge=False, note="demo: keep central")
-                self.narrator.result(f"resolved {conflicts[0].conflict_id} (keep central) by {resolver}")
-            results.update(conflicts=len(conflicts))
+                self.narrator.result(f"resolved with 'keep central' by {resolver}; 'aeterna conflicts list' shows it")
+            results.update(conflicts=len(conflicts), statuses=statuses)
+
+    def _central_counts(self) -> CentralCounts:
+        conninfo = EmbeddedPostgres(self.workdir / "central" / "postgres").conninfo()
+        return central_counts(conninfo, self.sessions_written, self.vector_ids, self.decision_ids)
 
     def final_table(self) -> None:
         with self._step(
             "Nothing lost",
-            "Every item written at an edge is at central exactly once; outboxes are empty, no dead letters.",
+            "Counted in central's PostgreSQL: every item written at an edge is there exactly once.",
         ) as results:
-            central = self._central()
-            sessions_found = sum(central.has_session(s) for s in self.sessions_written)
+            counts = self._central_counts()
             statuses = {name: edge.status() for name, edge in self._both()}
             pending = sum(sum(s.pending_items.values()) for s in statuses.values())
             dead = sum(sum(s.dead_letters.values()) for s in statuses.values())
             self.report.counts = {
-                "sessions": {
-                    "written": len(self.sessions_written),
-                    "at_central": sessions_found,
-                    "lost": len(self.sessions_written) - sessions_found,
-                },
-                "outbox": {"written": pending + dead, "at_central": 0, "lost": pending + dead},
+                "sessions": {"written": len(self.sessions_written), "at_central": counts.sessions},
+                "vectors": {"written": len(self.vector_ids), "at_central": counts.vectors},
+                "decisions": {"written": len(self.decision_ids), "at_central": counts.decisions},
             }
-            rows = [
-                ("sessions", len(self.sessions_written), sessions_found, len(self.sessions_written) - sessions_found),
-                ("decisions", self.decisions_made, "replayed", 0 if pending == 0 else pending),
-                ("vectors", len(self.vectors_written), "synced", 0 if pending == 0 else "?"),
-            ]
+            for row in self.report.counts.values():
+                row["lost"] = row["written"] - row["at_central"]
+            rows = [(layer, r["written"], r["at_central"], r["lost"]) for layer, r in self.report.counts.items()]
             self.narrator.table(("layer", "written at edges", "at central", "lost"), rows)
+            self.narrator.result(f"decisions at central by status: {counts.decision_statuses}")
             self.narrator.result(f"outbox items still pending: {pending}; dead letters: {dead}")
             results.update(pending=pending, dead_letters=dead, lost=self.report.lost())
 

@@ -22,6 +22,9 @@ import yaml
 
 AETERNA = [sys.executable, "-m", "aeterna_cli.main"]
 
+# Where each kind of service reads its listening port from.
+_PORT_KEYS = {"central": ("sync", "listenPort"), "edge": ("edge", "listenPort")}
+
 
 class ServiceStartError(RuntimeError):
     """A service exited or timed out before it was ready."""
@@ -83,6 +86,18 @@ class ServiceProcess:
         tail = self.log_text()[-6000:]
         self.kill()
         raise ServiceStartError(f"aeterna {self.kind} did not become ready; log tail:\n{tail}")
+
+    def keep_port(self) -> None:
+        """Rewrite the config so that a restart listens on the port bound now.
+
+        Services start on port 0 (a free port); whoever points at them (edges at
+        central) must find them on the same port after a restart, as they would
+        in a real deployment.
+        """
+        document = yaml.safe_load(self.config_path.read_text()) or {}
+        section, key = _PORT_KEYS[self.kind]
+        document.setdefault(section, {})[key] = self.port
+        write_config(self.config_path, document)
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """Graceful stop (SIGTERM) and wait; returns the exit code."""

@@ -106,6 +106,7 @@ async def _serve_on(config: AeternaConfig, database: Database, ready_file: Path 
     await stop.wait()
     _log.info("shutting down: NOT_SERVING, then draining for up to %.0f s", GRACE_SECONDS)
     await mark_not_serving(deps.health)
+    deps.policies.hub.close()
     await server.stop(GRACE_SECONDS)
     await snapshots.stop()
     await metrics.stop()

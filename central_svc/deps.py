@@ -79,7 +79,12 @@ async def build_deps(config: AeternaConfig, database: Database) -> CentralDeps:
         vectors=VectorSync(ledger, vector_index(config, database), dimension),
         episodes=EpisodicMemory(ledger, episode_store, dimension),
         episode_store=episode_store,
-        decisions=DecisionReplay(ledger, PostgresDecisionStore(database), config.aeterna.offline.conflict_resolution),
+        decisions=DecisionReplay(
+            ledger,
+            PostgresDecisionStore(database),
+            config.aeterna.offline.conflict_resolution,
+            config.aeterna.offline.conflict_resolution_by_action,
+        ),
         edges=EdgeRegistry(PostgresEdgeStore(database), config.sync.offline_after),
         policies=PolicyAuthority(policy_store, hub),
         listener=PolicyListener(database.conninfo, hub.refresh),

@@ -140,9 +140,11 @@ class PolicyHub:
 
     def __init__(self, store: PolicyStore) -> None:
         self._store = store
-        self._watchers: set[asyncio.Queue[Bundle]] = set()
+        # None in a queue tells its watcher that the replica is shutting down.
+        self._watchers: set[asyncio.Queue[Bundle | None]] = set()
         self._version = 0
         self._lock = asyncio.Lock()
+        self._closed = False
 
     @property
     def watcher_count(self) -> int:
@@ -164,19 +166,31 @@ class PolicyHub:
             if bundles:
                 _log.info("policy version %d pushed to %d watcher(s)", self._version, len(self._watchers))
 
+    def close(self) -> None:
+        """End every watch stream, so a shutting-down replica is not held open by them.
+
+        Watch streams never finish on their own; without this, a graceful stop
+        would wait its whole grace period. Edges reconnect (to another replica)
+        with backoff and resume from the version they know.
+        """
+        self._closed = True
+        for queue in list(self._watchers):
+            queue.put_nowait(None)
+
     async def watch(self, known_version: int) -> AsyncIterator[Bundle]:
-        """The current bundle when newer than ``known_version``, then every new version, forever."""
-        queue: asyncio.Queue[Bundle] = asyncio.Queue()
+        """The current bundle when newer than ``known_version``, then every new version, until ``close``."""
+        queue: asyncio.Queue[Bundle | None] = asyncio.Queue()
         # Subscribe before reading, so that a version published in between is not missed.
         self._watchers.add(queue)
+        if self._closed:
+            queue.put_nowait(None)
         try:
             last = known_version
             current = await self._store.latest()
             if current is not None and current.version > last:
                 last = current.version
                 yield current
-            while True:
-                bundle = await queue.get()
+            while (bundle := await queue.get()) is not None:
                 if bundle.version > last:
                     last = bundle.version
                     yield bundle

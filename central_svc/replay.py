@@ -8,6 +8,9 @@ decision on the same resource (of the same tenant). Then, by
 * ``central``:   the replayed one is REJECTED;
 * ``manual``:    the replayed one is held (NEEDS_REVIEW) and a review item is opened.
 
+``aeterna.offline.conflictResolutionByAction`` can give single actions their
+own policy, for example manual review for approvals and timestamps for the rest.
+
 Without a conflict the replayed decision becomes the effective one (APPLIED)
 and the decision it follows is marked superseded. A decision id seen before is
 a DUPLICATE and changes nothing.
@@ -16,6 +19,7 @@ a DUPLICATE and changes nothing.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
@@ -70,6 +74,8 @@ class DecisionRecord:
     decide_time: datetime | None
     data: bytes
     """Deterministic protobuf encoding (with agent_id set from the credential)."""
+    action: str = ""
+    """Cedar action uid; it picks the conflict policy when there are per-action overrides."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,10 +178,21 @@ _STATUS_OF = {
 class DecisionReplay:
     """Replays decision batches and runs the manual review queue."""
 
-    def __init__(self, ledger: BatchLedger, store: DecisionStore, policy: ConflictPolicy) -> None:
+    def __init__(
+        self,
+        ledger: BatchLedger,
+        store: DecisionStore,
+        policy: ConflictPolicy,
+        by_action: Mapping[str, ConflictPolicy] | None = None,
+    ) -> None:
         self._ledger = ledger
         self._store = store
         self.policy: ConflictPolicy = policy
+        self._by_action = dict(by_action or {})
+
+    def policy_for(self, action: str) -> ConflictPolicy:
+        """The conflict policy for decisions on ``action``."""
+        return self._by_action.get(action, self.policy)
 
     async def replay(self, meta: BatchMeta, tenant_id: str, records: list[DecisionRecord]) -> Ack:
         """Apply a batch; the ack's ``extra["results"]`` lists one verdict per decision, in order."""
@@ -207,7 +224,7 @@ class DecisionReplay:
             for record in sorted(fresh, key=lambda r: (r.decide_time, r.decision_id)):
                 assert record.decide_time is not None
                 effective = current.get(record.resource)
-                outcome, conflicting = judge(self.policy, record.decide_time, effective)
+                outcome, conflicting = judge(self.policy_for(record.action), record.decide_time, effective)
                 conflict_id = ""
                 if outcome is Outcome.APPLIED:
                     if effective is not None:

@@ -31,6 +31,7 @@ class Decision:
     policy_version: int
     offline: bool
     reasons: tuple[str, ...]
+    decision_id: str
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class EdgeClient:
             policy_version=response.policy_version,
             offline=response.offline,
             reasons=tuple(response.determining_policies),
+            decision_id=response.decision_id,
         )
 
     def upsert_vectors(self, vectors: Iterable[tuple[str, Sequence[float], dict[str, Any]]]) -> int:

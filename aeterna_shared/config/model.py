@@ -361,6 +361,8 @@ class OfflineBehaviour(Section):
     """Maximum queued decisions; overflow goes to the dead-letter store."""
     conflict_resolution: Literal["timestamp", "central", "manual"] = "timestamp"
     """Central: how replayed decisions that conflict with later ones are settled."""
+    conflict_resolution_by_action: dict[str, Literal["timestamp", "central", "manual"]] = Field(default_factory=dict)
+    """Central: per Cedar action uid (e.g. Action::"approve"), a policy that overrides conflictResolution."""
 
 
 class AeternaSection(Section):

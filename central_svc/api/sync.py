@@ -199,6 +199,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                 DecisionRecord(
                     decision_id=decision.decision_id,
                     resource=decision.resource,
+                    action=decision.action,
                     decide_time=to_datetime(decision.decide_time, decision.HasField("decide_time")),
                     data=decision.SerializeToString(deterministic=True),
                 )

@@ -58,6 +58,27 @@ async def test_conflict_policy(start_central: Any, policy: str, outcome: int) ->
     assert bool(result.conflict_id) == (policy == "manual")
 
 
+async def test_per_action_policy_overrides_the_default(start_central: Any) -> None:
+    central = await start_central(
+        **{
+            "aeterna.offline.conflictResolution": "timestamp",
+            "aeterna.offline.conflictResolutionByAction": {'Action::"approve"': "manual"},
+        }
+    )
+    approve = await conflict_setup(central)
+    assert approve.results[0].outcome == sync_pb2.REPLAY_OUTCOME_NEEDS_REVIEW
+    online, offline = Edge("edge-online"), Edge("edge-offline")
+    late_read = decision("late-read", T0 + timedelta(minutes=10))
+    late_read.action = 'Action::"read"'
+    late_read.resource = 'Document::"r2"'
+    early_read = decision("early-read", T0)
+    early_read.action = 'Action::"read"'
+    early_read.resource = 'Document::"r2"'
+    await replay(central, online, late_read)
+    read = await replay(central, offline, early_read)
+    assert read.results[0].outcome == sync_pb2.REPLAY_OUTCOME_SUPERSEDED
+
+
 async def test_later_edge_decision_is_applied(central: Central) -> None:
     edge = Edge("edge-a")
     await replay(central, edge, decision("d1", T0))
