@@ -11,9 +11,9 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from aeterna_cli import status as status_cli
 from central_svc import cli as central_cli
 from edge_svc import cli as edge_cli
-
 from interceptors import cli as certs_cli
 
 Command = Callable[[argparse.Namespace], int]
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     central_cli.add_commands(subparsers)
     edge_cli.add_commands(subparsers)
+    status_cli.add_commands(subparsers)
     certs_cli.add_commands(subparsers)
     _add_optional(subparsers, "aeterna_cli.demo")
     _add_optional(subparsers, "bench.cli")

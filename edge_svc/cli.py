@@ -1,16 +1,13 @@
-"""Edge commands: ``aeterna edge`` runs a node, ``aeterna status`` asks one how it is doing."""
+"""Edge commands: ``aeterna edge`` runs a node; ``render_status`` draws an edge's status for ``aeterna status``."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import sys
 from typing import Any
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``edge`` and ``status``."""
+    """Register ``edge``."""
     edge = subparsers.add_parser(
         "edge",
         help="run an edge node",
@@ -28,36 +25,11 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     edge.set_defaults(handler=_run_edge)
 
-    status = subparsers.add_parser(
-        "status",
-        help="show an edge's link state, queues and policy version",
-        description=(
-            "Ask an edge for its status: online/offline, outbox depth and dead letters per channel, "
-            "last successful sync per layer, and the policy bundle version in force."
-        ),
-    )
-    status.add_argument("--target", default="127.0.0.1:50051", help="the edge's host:port (default %(default)s)")
-    status.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds (default %(default)s)")
-    status.add_argument("--json", action="store_true", help="print the raw status as JSON")
-    status.set_defaults(handler=_show_status)
-
 
 def _run_edge(args: argparse.Namespace) -> int:
     from edge_svc.__main__ import main  # noqa: PLC0415 - keep `aeterna --help` fast
 
     return main(args.config, args.ready_file)
-
-
-def _show_status(args: argparse.Namespace) -> int:
-    from edge_svc.api.status_client import fetch_status  # noqa: PLC0415
-
-    try:
-        status = asyncio.run(fetch_status(args.target, args.timeout))
-    except Exception as error:
-        print(f"cannot reach the edge at {args.target}: {error}", file=sys.stderr)
-        return 1
-    print(json.dumps(status, indent=2) if args.json else render_status(status))
-    return 0
 
 
 def render_status(status: dict[str, Any]) -> str:

@@ -250,6 +250,18 @@ class CentralClient:
         )
         return response.conflict.resolved_by
 
+    def policy_version(self) -> int:
+        """The current policy bundle version; 0 when none was published."""
+        try:
+            response = self._policy.GetPolicyBundle(
+                policy_pb2.GetPolicyBundleRequest(version=0), metadata=self._metadata, timeout=10
+            )
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return 0
+            raise
+        return response.bundle.version
+
     def edges(self) -> list[tuple[str, str, str]]:
         """(agent id, region, state) of every registered edge."""
         response = self._sync.ListEdges(sync_pb2.ListEdgesRequest(page_size=100), metadata=self._metadata, timeout=10)
