@@ -15,6 +15,7 @@ from pathlib import Path
 import prometheus_client
 
 from aeterna_shared.config import AeternaConfig, load_config
+from aeterna_shared.logs import configure_logging
 from central_svc.deps import build_deps
 from central_svc.metrics import CentralMetrics
 from central_svc.server import SERVICE_NAMES, create_server
@@ -23,7 +24,7 @@ from central_svc.store.database import Database
 from central_svc.store.embedded_postgres import EmbeddedPostgres
 from central_svc.store.migrate import upgrade
 from interceptors.server import mark_not_serving, mark_serving, start_health_server
-from interceptors.telemetry import MetricsEndpoint, serve_metrics
+from interceptors.telemetry import MetricsEndpoint, install_tracer_provider, serve_metrics
 
 _log = logging.getLogger("central")
 
@@ -119,19 +120,11 @@ async def _serve_on(config: AeternaConfig, database: Database, ready_file: Path 
     return 0
 
 
-def configure_logging(config: AeternaConfig) -> None:
-    """One readable line per event on stderr."""
-    logging.basicConfig(
-        level=config.telemetry.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     """Handler of ``aeterna central``."""
     config = load_config(args.config, os.environ)
-    configure_logging(config)
+    configure_logging(config, "central")
+    install_tracer_provider(config, "central")
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(serve(config, Path(args.ready_file) if args.ready_file else None))
     return 130
@@ -144,7 +137,8 @@ def migrate(args: argparse.Namespace) -> int:
     from a one-shot Job would look like success and change nothing that lasts.
     """
     config = load_config(args.config, os.environ)
-    configure_logging(config)
+    configure_logging(config, "central")
+    install_tracer_provider(config, "central")
     if config.postgresql.url is None:
         print("error: postgresql.url is not set; 'central migrate' needs the database to migrate", file=sys.stderr)
         return 2

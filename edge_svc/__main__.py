@@ -23,6 +23,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry
 
 from aeterna_shared.config import AeternaConfig, load_config
+from aeterna_shared.logs import configure_logging
 from edge_svc.api.central_client import GrpcCentral
 from edge_svc.link import LinkMonitor
 from edge_svc.memory import SessionMemory, WorkingMemory
@@ -39,7 +40,7 @@ from edge_svc.store.vectors import QdrantEdgeStore
 from edge_svc.sync import SyncEngine
 from edge_svc.vectors import VectorIndex
 from interceptors.server import start_health_server
-from interceptors.telemetry import MetricsEndpoint, serve_metrics
+from interceptors.telemetry import MetricsEndpoint, install_tracer_provider, serve_metrics
 
 _log = logging.getLogger("edge_svc")
 
@@ -171,19 +172,11 @@ async def run(config: AeternaConfig, ready_file: Path | None) -> int:
     return 0
 
 
-def configure_logging(config: AeternaConfig) -> None:
-    """Log lines to stderr at the configured level."""
-    logging.basicConfig(
-        level=config.telemetry.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 def main(config_path: str | None, ready_file: str | None) -> int:
     """Load the configuration and run the edge."""
     config = load_config(config_path)
-    configure_logging(config)
+    configure_logging(config, "edge")
+    install_tracer_provider(config, "edge")
     return asyncio.run(run(config, Path(ready_file) if ready_file else None))
 
 

@@ -227,3 +227,19 @@ def start_metrics_server(config: AeternaConfig, *, registry: CollectorRegistry |
     if not config.telemetry.metrics_enabled:
         return 0
     return serve_metrics(config, registry=registry).port
+
+
+def install_tracer_provider(config: AeternaConfig, service: str) -> None:
+    """Give the process an SDK tracer provider when tracing is on.
+
+    Without one the OpenTelemetry API hands out no-op spans: no trace ids in
+    the logs and no context carried from edge to central. Exporting spans is
+    the deployment's choice (an OpenTelemetry Collector sidecar or the
+    ``OTEL_*`` environment of an exporter package); ids exist either way.
+    """
+    if not config.telemetry.tracing_enabled:
+        return
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415 - only processes that trace need the SDK
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+
+    trace.set_tracer_provider(TracerProvider(resource=Resource.create({"service.name": f"aeterna-{service}"})))
