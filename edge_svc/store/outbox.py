@@ -252,6 +252,44 @@ class Outbox:
             for name, items, batches, dead, acked, last in rows
         ]
 
+    def requeue_dead_letters(self, channel: Channel | None = None) -> int:
+        """Put dead letters (of one channel, or all) back at the end of their queues; returns items requeued.
+
+        Each gets a new sequence and a new batch id: the items are idempotent at
+        central by their own ids, while a reused batch id with a new sequence
+        would be refused as a different batch. This works while the edge runs:
+        sequences are taken inside the same SQLite write transaction the edge uses.
+        """
+        where, params = ("WHERE channel = ?", (channel.value,)) if channel else ("", ())
+        requeued = 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute(
+                    f"SELECT id, channel, item_count, payload FROM dead_letters {where} ORDER BY id", params
+                ).fetchall()
+                for row_id, name, count, payload in rows:
+                    (sequence,) = self._db.execute(
+                        "SELECT next_sequence FROM channels WHERE channel = ?", (name,)
+                    ).fetchone()
+                    self._db.execute(
+                        "INSERT INTO batches(channel, sequence, batch_id, created, item_count, payload) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (name, sequence, str(uuid.uuid4()), time.time(), count, payload),
+                    )
+                    self._db.execute("UPDATE channels SET next_sequence = ? WHERE channel = ?", (sequence + 1, name))
+                    self._db.execute("DELETE FROM dead_letters WHERE id = ?", (row_id,))
+                    requeued += int(count)
+                for name in {row[1] for row in rows}:
+                    self._enforce_size(Channel(name))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        if requeued:
+            _log.warning("outbox: %d dead-lettered items requeued by an operator", requeued)
+        return requeued
+
     def dead_letter_counts(self) -> list[tuple[Channel, str, int]]:
         """(channel, cause, items) over the whole dead-letter store, for metrics."""
         with self._lock:
