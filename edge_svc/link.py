@@ -52,6 +52,9 @@ class LinkMonitor:
         self.state = LinkState()
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
+        # Listener runs (the reconnect drain) are tracked so that stop() can end them:
+        # one left running would touch stores that shutdown has already closed.
+        self._runs: set[asyncio.Task[None]] = set()
 
     @property
     def online(self) -> bool:
@@ -89,6 +92,8 @@ class LinkMonitor:
             self.state.became_online.set()
             for listener in self._listeners:
                 task: asyncio.Task[None] = asyncio.ensure_future(listener())
+                self._runs.add(task)
+                task.add_done_callback(self._runs.discard)
                 task.add_done_callback(_log_failure)
         else:
             _log.warning(
@@ -112,12 +117,14 @@ class LinkMonitor:
             await self.check_once()
 
     async def stop(self) -> None:
-        """Stop the checks."""
-        if self._task is not None:
-            self._task.cancel()
+        """Stop the checks and any on-online listener still running."""
+        tasks = [*self._runs, *([self._task] if self._task is not None else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._task = None
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

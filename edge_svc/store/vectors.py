@@ -28,6 +28,9 @@ def point_id(vector_id: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, vector_id))
 
 
+_HNSW_EF = 128
+
+
 class QdrantEdgeStore:
     """A Qdrant Edge shard holding the vectors this edge wrote or cached."""
 
@@ -59,7 +62,15 @@ class QdrantEdgeStore:
     def search(self, embedding: Sequence[float], limit: int) -> list[ScoredRecord]:
         """Top ``limit`` by cosine similarity."""
         hits = self._shard.query(
-            qe.QueryRequest(limit=limit, query=qe.Query.Nearest(list(embedding)), with_payload=True, with_vector=False)
+            qe.QueryRequest(
+                limit=limit,
+                query=qe.Query.Nearest(list(embedding)),
+                with_payload=True,
+                with_vector=False,
+                # The default beam is narrow for tightly clustered embeddings; a wider
+                # one buys recall for a fraction of a millisecond (see docs/performance.md).
+                params=qe.SearchParams(hnsw_ef=max(_HNSW_EF, limit)),
+            )
         )
         return [ScoredRecord(_record(hit.payload or {}), float(hit.score), "local") for hit in hits]
 
