@@ -13,21 +13,17 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
-import grpc
 from grpc import aio
 
 from aeterna_shared.errors import AeternaError, Unauthenticated
 from interceptors.errors import abort
-from interceptors.handlers import PassThrough, UnaryCall, wrap_handler
+from interceptors.handlers import HookedInterceptor, PassThrough, UnaryCall
 from interceptors.identity import Identity, reset_identity, set_identity
 
 _log = logging.getLogger(__name__)
 
 AGENT_ID_HEADER = "x-aeterna-agent-id"
 TENANT_ID_HEADER = "x-aeterna-tenant-id"
-
-# Health and reflection answer without credentials so probes and grpcurl work.
-PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 class Authenticator(Protocol):
@@ -107,7 +103,7 @@ class _AuthHooks(PassThrough):
                 reset_identity(token)
 
 
-class AuthInterceptor(aio.ServerInterceptor):
+class AuthInterceptor(HookedInterceptor):
     """Authenticates every call except health and reflection.
 
     ``checks`` run after the authenticator (client-certificate pins, for one);
@@ -121,13 +117,4 @@ class AuthInterceptor(aio.ServerInterceptor):
         checks: Sequence[IdentityCheck] = (),
         on_failure: FailureHook | None = None,
     ) -> None:
-        self._hooks = _AuthHooks(authenticator, checks, on_failure)
-
-    async def intercept_service(
-        self, continuation: Any, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if method.startswith(PUBLIC_PREFIXES):
-            return handler
-        return wrap_handler(handler, method, self._hooks)
+        super().__init__(_AuthHooks(authenticator, checks, on_failure))

@@ -116,3 +116,24 @@ class PassThrough:
         self, method: str, context: aio.ServicerContext[Any, Any], requests: AsyncIterator[Any]
     ) -> AsyncIterator[Any]:
         return requests
+
+
+# Health and reflection answer without credentials, limits or accounting, so
+# that probes and grpcurl work and never count against anyone's quota.
+PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class HookedInterceptor(aio.ServerInterceptor):
+    """A server interceptor that runs ``hooks`` around every call except health and reflection."""
+
+    def __init__(self, hooks: Around) -> None:
+        self._hooks = hooks
+
+    async def intercept_service(
+        self, continuation: Any, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if method.startswith(PUBLIC_PREFIXES):
+            return handler
+        return wrap_handler(handler, method, self._hooks)

@@ -28,9 +28,8 @@ from grpc import aio
 
 from aeterna_shared.config import AeternaConfig
 from aeterna_shared.errors import ResourceExhausted
-from interceptors.auth import PUBLIC_PREFIXES
 from interceptors.errors import abort
-from interceptors.handlers import PassThrough, UnaryCall, wrap_handler
+from interceptors.handlers import PUBLIC_PREFIXES, HookedInterceptor, PassThrough, UnaryCall, wrap_handler
 from interceptors.identity import peek_identity
 
 _log = logging.getLogger(__name__)
@@ -203,20 +202,11 @@ class _RateHooks(PassThrough):
             yield item
 
 
-class RateLimitInterceptor(aio.ServerInterceptor):
+class RateLimitInterceptor(HookedInterceptor):
     """Token bucket per authenticated identity; place it after authentication."""
 
     def __init__(self, limiter: Limiter, *, on_limited: LimitedHook | None = None) -> None:
-        self._hooks = _RateHooks(limiter, on_limited)
-
-    async def intercept_service(
-        self, continuation: Any, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if method.startswith(PUBLIC_PREFIXES):
-            return handler
-        return wrap_handler(handler, method, self._hooks)
+        super().__init__(_RateHooks(limiter, on_limited))
 
 
 class _StreamHooks(PassThrough):

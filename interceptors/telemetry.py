@@ -33,9 +33,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from aeterna_shared.config import AeternaConfig
 from aeterna_shared.errors import AeternaError
-from interceptors.auth import PUBLIC_PREFIXES
 from interceptors.errors import code_for
-from interceptors.handlers import PassThrough, UnaryCall, wrap_handler
+from interceptors.handlers import HookedInterceptor, PassThrough, UnaryCall
 
 _C = TypeVar("_C", Counter, Histogram)
 
@@ -157,20 +156,11 @@ class _MetricHooks(PassThrough):
             self._metrics.observe(method, _status_of(context, error), time.perf_counter() - start)
 
 
-class MetricsInterceptor(aio.ServerInterceptor):
+class MetricsInterceptor(HookedInterceptor):
     """Counts and times every call except health and reflection."""
 
     def __init__(self, metrics: RpcMetrics) -> None:
-        self._hooks = _MetricHooks(metrics)
-
-    async def intercept_service(
-        self, continuation: Any, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if method.startswith(PUBLIC_PREFIXES):
-            return handler
-        return wrap_handler(handler, method, self._hooks)
+        super().__init__(_MetricHooks(metrics))
 
 
 def _traced() -> Any:
