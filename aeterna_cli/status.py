@@ -8,32 +8,12 @@ version, pending reviews). So one command works against either process.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from typing import Any
 
-import grpc
-
-from aeterna_cli.api.clients import CentralClient
-from edge_svc.api.status_client import fetch_status
+from aeterna_cli.api.clients import StatusUnavailable, status_of
 from edge_svc.cli import render_status
-
-
-def central_status(target: str) -> dict[str, Any]:
-    """Central's view: policy version, pending conflicts and the edge registry."""
-    client = CentralClient(target, operator="aeterna-status")
-    try:
-        edges = client.edges()
-        return {
-            "role": "central",
-            "target": target,
-            "policyVersion": client.policy_version(),
-            "pendingConflicts": len(client.conflicts()),
-            "edges": [{"agentId": a, "region": r, "state": s} for a, r, s in edges],
-        }
-    finally:
-        client.close()
 
 
 def render_central(status: dict[str, Any]) -> str:
@@ -54,18 +34,11 @@ def render_central(status: dict[str, Any]) -> str:
 
 def _show(args: argparse.Namespace) -> int:
     try:
-        try:
-            status = asyncio.run(fetch_status(args.target, args.timeout))
-            status["role"] = "edge"
-            text = render_status(status)
-        except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.UNIMPLEMENTED:
-                raise
-            status = central_status(args.target)
-            text = render_central(status)
-    except grpc.RpcError as error:
-        print(f"cannot get the status of {args.target}: {error.code().name}: {error.details()}", file=sys.stderr)
+        status = status_of(args.target, args.timeout)
+    except StatusUnavailable as error:
+        print(f"cannot get the status of {args.target}: {error}", file=sys.stderr)
         return 1
+    text = render_status(status) if status["role"] == "edge" else render_central(status)
     print(json.dumps(status, indent=2) if args.json else text)
     return 0
 

@@ -6,6 +6,7 @@ tells the story (``aeterna_cli.demo``) never touches generated types.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 from collections.abc import Iterable, Sequence
@@ -18,6 +19,8 @@ from aeterna.memory.v1 import memory_pb2
 from aeterna.policy.v1 import decision_pb2, policy_pb2, policy_pb2_grpc
 from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
 from google.protobuf import json_format, struct_pb2
+
+from edge_svc.api.status_client import fetch_status
 
 AGENT_ID_HEADER = "x-aeterna-agent-id"
 TENANT_ID_HEADER = "x-aeterna-tenant-id"
@@ -284,3 +287,37 @@ def struct_of(values: dict[str, Any]) -> struct_pb2.Struct:
     struct = struct_pb2.Struct()
     struct.update(values)
     return struct
+
+
+class StatusUnavailable(Exception):
+    """The target answered neither as an edge nor as central."""
+
+
+def status_of(target: str, timeout: float) -> dict[str, Any]:
+    """The status of an edge, or of central when the target has no EdgeService.
+
+    A central answers the edge's GetEdgeStatus with UNIMPLEMENTED; that is how
+    one command tells the two apart without asking the operator.
+    """
+    try:
+        try:
+            status = asyncio.run(fetch_status(target, timeout))
+            status["role"] = "edge"
+            return status
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+        client = CentralClient(target, operator="aeterna-status")
+        try:
+            edges = client.edges()
+            return {
+                "role": "central",
+                "target": target,
+                "policyVersion": client.policy_version(),
+                "pendingConflicts": len(client.conflicts()),
+                "edges": [{"agentId": a, "region": r, "state": s} for a, r, s in edges],
+            }
+        finally:
+            client.close()
+    except grpc.RpcError as error:
+        raise StatusUnavailable(f"{error.code().name}: {error.details()}") from None
