@@ -335,8 +335,13 @@ class SyncEngine:
             await self._guard(self.commit_decisions())
 
     async def _decision_loop(self) -> None:
+        # Woken by new decisions; also every flushInterval, so that decisions left queued after a
+        # failed round (central busy, rate limited) are retried while the link stays online.
+        retry = max(self._config.sync.batch.flush_interval.total_seconds(), 0.05)
         while True:
-            await self._decision_wake.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(retry):
+                    await self._decision_wake.wait()
             await asyncio.sleep(_DECISION_DRAIN_DELAY)
             self._decision_wake.clear()
             if self._link.online:

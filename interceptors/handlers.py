@@ -13,9 +13,49 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
+from aeterna_shared.errors import InvalidArgument
+
 UnaryCall = Callable[[], Awaitable[Any]]
+
+_UNDECODABLE_MESSAGE = "the request message is not a valid protobuf encoding of the method's request type"
+
+
+class _Undecodable:
+    """Stands for a request frame that did not decode; the outermost wrapper answers INVALID_ARGUMENT.
+
+    Without this, grpc answers a frame its deserializer cannot parse with UNKNOWN (or INTERNAL).
+    """
+
+
+_UNDECODABLE = _Undecodable()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError:
+            return _UNDECODABLE
+
+    return deserialize
+
+
+async def _reject_undecodable(context: aio.ServicerContext[Any, Any]) -> None:
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _UNDECODABLE_MESSAGE)
+
+
+async def _checked(requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if request is _UNDECODABLE:
+            # Raised inside the servicer's iteration: the error mapping turns it into INVALID_ARGUMENT.
+            raise InvalidArgument(_UNDECODABLE_MESSAGE, reason="MALFORMED_MESSAGE")
+        yield request
 
 
 class Around(Protocol):
@@ -61,10 +101,12 @@ def wrap_handler(
         inner_uu: Any = handler.unary_unary
 
         async def unary_unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            if request is _UNDECODABLE:
+                await _reject_undecodable(context)
             return await hooks.unary(method, context, lambda: inner_uu(request, context))
 
         return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer
+            unary_unary, _tolerant(handler.request_deserializer), handler.response_serializer
         )
     if handler.unary_stream is not None:
         inner_us: Any = handler.unary_stream
@@ -73,31 +115,33 @@ def wrap_handler(
         # async generator function; a plain function returning an async iterator
         # would be iterated synchronously and fail.
         async def unary_stream(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            if request is _UNDECODABLE:
+                await _reject_undecodable(context)
             async for item in hooks.stream(method, context, _as_async_iter(inner_us(request, context))):
                 yield item
 
         return grpc.unary_stream_rpc_method_handler(
-            unary_stream, handler.request_deserializer, handler.response_serializer
+            unary_stream, _tolerant(handler.request_deserializer), handler.response_serializer
         )
     if handler.stream_unary is not None:
         inner_su: Any = handler.stream_unary
 
         async def stream_unary(requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]) -> Any:
-            wrapped = hooks.requests(method, context, requests)
+            wrapped = hooks.requests(method, context, _checked(requests, context))
             return await hooks.unary(method, context, lambda: inner_su(wrapped, context))
 
         return grpc.stream_unary_rpc_method_handler(
-            stream_unary, handler.request_deserializer, handler.response_serializer
+            stream_unary, _tolerant(handler.request_deserializer), handler.response_serializer
         )
     inner_ss: Any = handler.stream_stream
 
     async def stream_stream(requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        wrapped = hooks.requests(method, context, requests)
+        wrapped = hooks.requests(method, context, _checked(requests, context))
         async for item in hooks.stream(method, context, _as_async_iter(inner_ss(wrapped, context))):
             yield item
 
     return grpc.stream_stream_rpc_method_handler(
-        stream_stream, handler.request_deserializer, handler.response_serializer
+        stream_stream, _tolerant(handler.request_deserializer), handler.response_serializer
     )
 
 
