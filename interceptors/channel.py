@@ -208,6 +208,9 @@ def open_central_channel(
         ("grpc.max_send_message_length", config.sync.batch.max_bytes),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.enable_retries", 1),
+        # Each channel owns its connections: a replaced channel (GrpcCentral after health checks
+        # time out) must not be handed the same stuck subchannel from gRPC's global pool.
+        ("grpc.use_local_subchannel_pool", 1),
     ]
     compression = compression_of(config.sync.network.compression)
     telemetry = telemetry or Telemetry()

@@ -8,10 +8,12 @@ message: internals and secrets never leave the process (they are logged).
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
+import redis.exceptions
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc import aio
@@ -50,6 +52,31 @@ _CODES: tuple[tuple[type[AeternaError], grpc.StatusCode], ...] = (
 )
 
 INTERNAL_MESSAGE = "internal error; the server logged the details"
+
+# Low-level failures of the stores behind a service that mean "try again later",
+# not "bug": they become UNAVAILABLE with a stable reason instead of INTERNAL.
+_TRANSIENT: tuple[tuple[tuple[type[BaseException], ...], str, str], ...] = (
+    (
+        (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),
+        "CACHE_UNAVAILABLE",
+        "the edge's cache (Redis/Dragonfly) is unreachable; retry later",
+    ),
+    (
+        (sqlite3.OperationalError,),
+        "OUTBOX_UNAVAILABLE",
+        "the edge's outbox cannot be written (disk full or locked); nothing was acknowledged",
+    ),
+)
+
+
+def translate(error: BaseException) -> AeternaError | None:
+    """The domain error for ``error``: itself, a transient store failure, or None (a bug: INTERNAL)."""
+    if isinstance(error, AeternaError):
+        return error
+    for kinds, reason, message in _TRANSIENT:
+        if isinstance(error, kinds):
+            return Unavailable(message, reason=reason, retry_after=1.0)
+    return None
 
 
 def code_for(error: AeternaError) -> grpc.StatusCode:
@@ -121,8 +148,11 @@ async def abort(context: aio.ServicerContext[Any, Any], error: AeternaError) -> 
 
 
 async def _abort_for(context: aio.ServicerContext[Any, Any], method: str, error: BaseException) -> NoReturn:
-    if isinstance(error, AeternaError):
-        await abort(context, error)
+    domain = translate(error)
+    if domain is not None:
+        if not isinstance(error, AeternaError):
+            _log.warning("%s failed on a store: %s", method, error)
+        await abort(context, domain)
     _log.exception("unexpected error in %s", method, exc_info=error)
     status = internal_status()
     await context.abort(

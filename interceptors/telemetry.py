@@ -17,6 +17,7 @@ process default when none is given), served on ``/metrics`` by
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -121,6 +122,11 @@ def _status_of(context: aio.ServicerContext[Any, Any], error: BaseException | No
         return next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
     if error is None:
         return grpc.StatusCode.OK
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
+        # The client went away or its deadline passed: the server did not fail.
+        remaining = context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
     if isinstance(error, aio.AbortError) or type(error).__name__ == "AbortError":
         return grpc.StatusCode.UNKNOWN
     return grpc.StatusCode.INTERNAL

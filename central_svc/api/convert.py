@@ -8,16 +8,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aeterna.sync.v1 import sync_pb2
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from central_svc.batches import Ack, BatchMeta, Channel
 from interceptors.canonical import SignedRequest
+from interceptors.validation import check_timestamp, json_of
 
 
-def to_datetime(stamp: timestamp_pb2.Timestamp, present: bool = True) -> datetime | None:
-    """A timezone-aware datetime, or None when the field is unset."""
+def to_datetime(stamp: timestamp_pb2.Timestamp, present: bool = True, field: str = "timestamp") -> datetime | None:
+    """A timezone-aware datetime, or None when the field is unset; INVALID_ARGUMENT when out of range."""
     if not present:
         return None
+    check_timestamp(stamp, field)
     return stamp.ToDatetime(tzinfo=UTC)
 
 
@@ -56,7 +58,7 @@ def batch_meta(request: SignedRequest, channel: Channel) -> BatchMeta:
         sequence=header.sequence,
         agent_id=header.agent_id,
         region=header.region,
-        sent_time=to_datetime(header.sent_time, header.HasField("sent_time")),
+        sent_time=to_datetime(header.sent_time, header.HasField("sent_time"), "header.sent_time"),
         channel=channel,
         digest=content_digest(request),
     )
@@ -76,9 +78,9 @@ def batch_ack(ack: Ack, next_sync: datetime) -> sync_pb2.BatchAck:
     )
 
 
-def struct_json(value: struct_pb2.Struct) -> str:
-    """A Struct as compact JSON text."""
-    return json.dumps(json_format.MessageToDict(value), separators=(",", ":"))
+def struct_json(value: struct_pb2.Struct, field: str = "metadata") -> str:
+    """A Struct as compact JSON text; INVALID_ARGUMENT when it has no JSON form."""
+    return json.dumps(json_of(value, field), separators=(",", ":"))
 
 
 def json_struct(text: str) -> struct_pb2.Struct:

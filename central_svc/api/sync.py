@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
+from enum import IntEnum
+from typing import Any, TypeVar
 
 from aeterna.memory.v1 import memory_pb2
 from aeterna.policy.v1 import decision_pb2
@@ -31,6 +32,8 @@ from central_svc.vectors import VectorQuery, VectorRecord
 from interceptors.canonical import SignedRequest, session_checksum, signature_matches
 from interceptors.identity import Identity, current_identity
 from interceptors.keys import SigningKeyring
+
+_E = TypeVar("_E", bound=IntEnum)
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -96,7 +99,9 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                 SessionRecord(
                     session_id=s.session_id,
                     user_id=s.user_id,
-                    last_activity=to_datetime(s.last_activity_time, s.HasField("last_activity_time")),
+                    last_activity=to_datetime(
+                        s.last_activity_time, s.HasField("last_activity_time"), "sessions.last_activity_time"
+                    ),
                     checksum=s.checksum,
                     computed_checksum=session_checksum(s),
                     claimed_tenant_id=s.tenant_id,
@@ -145,7 +150,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                     values=list(v.values),
                     region=v.region or meta.region,
                     payload_json=struct_json(v.payload) if v.HasField("payload") else "{}",
-                    update_time=to_datetime(v.update_time, v.HasField("update_time")) or now,
+                    update_time=to_datetime(v.update_time, v.HasField("update_time"), "vectors.update_time") or now,
                     claimed_tenant_id=v.tenant_id,
                 )
                 for v in request.vectors
@@ -200,7 +205,9 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                     decision_id=decision.decision_id,
                     resource=decision.resource,
                     action=decision.action,
-                    decide_time=to_datetime(decision.decide_time, decision.HasField("decide_time")),
+                    decide_time=to_datetime(
+                        decision.decide_time, decision.HasField("decide_time"), "decisions.decide_time"
+                    ),
                     data=decision.SerializeToString(deterministic=True),
                 )
             )
@@ -224,7 +231,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
     ) -> sync_pb2.ListConflictsResponse:
         """Review items of the caller's tenant, oldest first."""
         tenant = current_identity().tenant_id
-        state = ConflictState(request.state) if request.state else None
+        state = _enum(ConflictState, request.state, "state")
         size = page_tokens.page_size(request.page_size)
         fingerprint = page_tokens.fingerprint("conflicts", tenant, int(request.state))
         after = None
@@ -246,7 +253,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
     ) -> sync_pb2.ResolveConflictResponse:
         """Settle one item; the resolver is the caller's identity."""
         identity = current_identity()
-        resolution = Resolution(request.resolution) if request.resolution else None
+        resolution = _enum(Resolution, request.resolution, "resolution")
         record = await self._deps.decisions.resolve(
             identity.tenant_id, request.conflict_id, resolution, identity.agent_id or "anonymous", request.note
         )
@@ -269,7 +276,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                     agent_id=identity.agent_id,
                     content=episode.content,
                     embedding=list(episode.embedding),
-                    occur_time=to_datetime(episode.occur_time, episode.HasField("occur_time")),
+                    occur_time=to_datetime(episode.occur_time, episode.HasField("occur_time"), "episodes.occur_time"),
                     data=episode.SerializeToString(deterministic=True),
                     claimed_tenant_id=episode.tenant_id,
                 )
@@ -285,8 +292,8 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
             tenant_id=current_identity().tenant_id,
             session_id=request.session_id,
             agent_id=request.agent_id,
-            start=to_datetime(request.start_time, request.HasField("start_time")),
-            end=to_datetime(request.end_time, request.HasField("end_time")),
+            start=to_datetime(request.start_time, request.HasField("start_time"), "start_time"),
+            end=to_datetime(request.end_time, request.HasField("end_time"), "end_time"),
         )
         size = page_tokens.page_size(request.page_size)
         fingerprint = page_tokens.fingerprint(
@@ -360,3 +367,13 @@ def _conflict(record: ConflictRecord) -> sync_pb2.Conflict:
         create_time=to_timestamp(record.created_at),
         note=record.note,
     )
+
+
+def _enum(kind: type[_E], value: int, field: str) -> _E | None:
+    """The domain enum member for a wire value; None for 0 (unset); INVALID_ARGUMENT for unknown numbers."""
+    if not value:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise InvalidArgument.for_field(field, f"{value} is not a known value") from None

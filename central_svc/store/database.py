@@ -10,7 +10,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from aeterna_shared.errors import Unavailable
+from aeterna_shared.errors import InvalidArgument, Unavailable
 from central_svc.store.urls import psycopg_conninfo
 
 
@@ -45,6 +45,13 @@ class Database:
             raise Unavailable(
                 "central's database is unreachable; retry later", reason="DATABASE_UNAVAILABLE"
             ) from error
+        except psycopg.DataError as error:
+            # A data exception (SQLSTATE class 22, or psycopg refusing a NUL in a
+            # text value) always comes from a value the request carried.
+            raise InvalidArgument(
+                f"a value in the request cannot be stored: {error.diag.message_primary or error}",
+                reason="UNSTORABLE_VALUE",
+            ) from None
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection[tuple[Any, ...]]]:

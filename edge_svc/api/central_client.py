@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -47,6 +48,8 @@ CHANNELS = {
 }
 _FROM_CHANNEL = {value: key for key, value in CHANNELS.items()}
 
+_log = logging.getLogger(__name__)
+
 
 def _ack(ack: sync_pb2.BatchAck) -> Ack:
     return Ack(
@@ -64,13 +67,30 @@ class GrpcCentral:
 
     def __init__(self, config: AeternaConfig) -> None:
         self._config = config
-        self._channel: aio.Channel = open_central_channel(config)
         self._metadata = central_metadata(config)
         self._timeout = config.sync.central_server.timeout.total_seconds()
         self._key = edge_signing_key(config)
+        self._threshold = config.central_server.health_check.failure_threshold
+        self._silent_checks = 0
+        self._retired: set[asyncio.Task[None]] = set()
+        self._open()
+
+    def _open(self) -> None:
+        self._channel: aio.Channel = open_central_channel(self._config)
         self._sync = sync_pb2_grpc.SyncServiceStub(self._channel)
         self._policy = policy_pb2_grpc.PolicyServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def _reopen(self) -> None:
+        """Replace a connection that looks established but no longer answers (half-open: the peer or a
+        middlebox vanished without FIN/RST). gRPC would notice only after its keepalive (30 s + 20 s);
+        until then every call on it ends by deadline although central may be reachable on a new one."""
+        old = self._channel
+        _log.info("central did not answer %d health checks in time: opening a new connection", self._threshold)
+        self._open()
+        task = asyncio.get_running_loop().create_task(old.close())
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
 
     def _header(self, batch: OutboxBatch) -> sync_pb2.BatchHeader:
         return sync_pb2.BatchHeader(
@@ -85,8 +105,19 @@ class GrpcCentral:
         """grpc.health.v1 Check of the whole server."""
         try:
             reply = await self._health.Check(health_pb2.HealthCheckRequest(service=""), timeout=deadline_seconds)
-        except aio.AioRpcError:
+        except aio.AioRpcError as error:
+            # Checks that end by deadline (not refused: the connection looks alive, nothing answers):
+            # after failureThreshold of them in a row, open a new connection rather than wait for
+            # keepalive (half-open) or gRPC's 20 s connect timeout (a stalled handshake) to give up.
+            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                self._silent_checks += 1
+                if self._silent_checks >= self._threshold:
+                    self._silent_checks = 0
+                    self._reopen()
+            else:
+                self._silent_checks = 0
             return False
+        self._silent_checks = 0
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     async def checkpoints(self) -> dict[Channel, int]:
@@ -230,5 +261,8 @@ class GrpcCentral:
         )
 
     async def close(self) -> None:
-        """Close the channel."""
+        """Close the channel (and any replaced one still closing)."""
         await self._channel.close()
+        for task in list(self._retired):
+            with contextlib.suppress(Exception):
+                await task

@@ -6,7 +6,7 @@ from typing import Any
 
 from aeterna.memory.v1 import memory_pb2
 from aeterna.policy.v1 import decision_pb2, policy_pb2
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from aeterna_shared.errors import InvalidArgument
 from edge_svc.records import (
@@ -20,6 +20,7 @@ from edge_svc.records import (
     VectorRecord,
 )
 from interceptors.canonical import session_checksum
+from interceptors.validation import check_timestamp, json_of
 
 
 def ts(nanos: int) -> timestamp_pb2.Timestamp:
@@ -30,9 +31,12 @@ def ts(nanos: int) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def nanos(stamp: timestamp_pb2.Timestamp) -> int:
-    """Epoch nanoseconds of a Timestamp (zero when unset)."""
-    return int(stamp.ToNanoseconds()) if stamp.seconds or stamp.nanos else 0
+def nanos(stamp: timestamp_pb2.Timestamp, field: str = "timestamp") -> int:
+    """Epoch nanoseconds of a Timestamp (zero when unset); INVALID_ARGUMENT when out of range."""
+    if not (stamp.seconds or stamp.nanos):
+        return 0
+    check_timestamp(stamp, field)
+    return int(stamp.ToNanoseconds())
 
 
 def struct(data: JsonDict) -> struct_pb2.Struct:
@@ -43,9 +47,9 @@ def struct(data: JsonDict) -> struct_pb2.Struct:
     return value
 
 
-def from_struct(value: struct_pb2.Struct) -> JsonDict:
-    """A JSON dict from a Struct."""
-    result: Any = json_format.MessageToDict(value)
+def from_struct(value: struct_pb2.Struct, field: str = "struct") -> JsonDict:
+    """A JSON dict from a Struct; INVALID_ARGUMENT when it has no JSON form."""
+    result: Any = json_of(value, field)
     return dict(result)
 
 
@@ -104,7 +108,9 @@ def session_to_proto(record: SessionRecord) -> memory_pb2.Session:
 
 def message_from_proto(message: memory_pb2.SessionMessage) -> Message:
     """One conversation turn."""
-    return Message(message.role, message.content, nanos(message.create_time), from_struct(message.metadata))
+    return Message(
+        message.role, message.content, nanos(message.create_time, "messages.create_time"), from_struct(message.metadata)
+    )
 
 
 def session_from_proto(message: memory_pb2.Session) -> SessionRecord:
@@ -114,7 +120,7 @@ def session_from_proto(message: memory_pb2.Session) -> SessionRecord:
         user_id=message.user_id,
         messages=[message_from_proto(m) for m in message.messages],
         state=from_struct(message.state),
-        last_activity=nanos(message.last_activity_time),
+        last_activity=nanos(message.last_activity_time, "session.last_activity_time"),
     )
 
 
@@ -140,7 +146,7 @@ def vector_from_proto(message: memory_pb2.Vector) -> VectorRecord:
         region=message.region,
         tenant_id=message.tenant_id,
         payload=from_struct(message.payload),
-        update_time=nanos(message.update_time),
+        update_time=nanos(message.update_time, "vectors.update_time"),
     )
 
 
@@ -189,7 +195,7 @@ def episode_from_proto(message: memory_pb2.Episode) -> EpisodeRecord:
         content=message.content,
         embedding=list(message.embedding),
         metadata=from_struct(message.metadata),
-        occur_time=nanos(message.occur_time),
+        occur_time=nanos(message.occur_time, "episode.occur_time"),
     )
 
 

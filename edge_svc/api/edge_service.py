@@ -8,7 +8,7 @@ from typing import Any
 
 from aeterna.edge.v1 import edge_pb2, edge_pb2_grpc
 from aeterna.policy.v1 import decision_pb2
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from aeterna_shared.errors import InvalidArgument, NotFound
 from edge_svc.api import codec
@@ -16,8 +16,13 @@ from edge_svc.api.central_client import CHANNELS
 from edge_svc.node import EdgeNode
 from edge_svc.records import VectorRecord, now_ns
 from interceptors.identity import current_identity
+from interceptors.validation import json_of
 
 Context = Any
+
+
+MAX_WORKING_TTL = timedelta(days=1)
+"""The longest TTL a working-memory value may ask for."""
 
 
 class EdgeService(edge_pb2_grpc.EdgeServiceServicer):
@@ -33,10 +38,15 @@ class EdgeService(edge_pb2_grpc.EdgeServiceServicer):
         self, request: edge_pb2.SetWorkingMemoryRequest, context: Context
     ) -> edge_pb2.SetWorkingMemoryResponse:
         """Store a working-memory value."""
-        ttl = request.ttl.ToTimedelta() if request.HasField("ttl") else None
-        if ttl is not None and ttl < timedelta(0):
-            raise InvalidArgument.for_field("ttl", "must not be negative")
-        value = json_format.MessageToDict(request.value) if request.HasField("value") else None
+        ttl = None
+        if request.HasField("ttl"):
+            seconds = request.ttl.seconds + request.ttl.nanos / 1e9
+            # Working memory lives seconds (spec: 1-5 s); a day is a generous bound that also keeps
+            # the value within what a timedelta and Redis' PX accept.
+            if not 0 <= seconds <= MAX_WORKING_TTL.total_seconds():
+                raise InvalidArgument.for_field("ttl", f"must be between 0 and {MAX_WORKING_TTL}")
+            ttl = timedelta(seconds=seconds)
+        value = json_of(request.value, "value") if request.HasField("value") else None
         expires = await self._node.working.set(self._tenant(), request.key, value, ttl)
         return edge_pb2.SetWorkingMemoryResponse(expire_time=codec.ts(expires))
 

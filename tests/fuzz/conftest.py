@@ -54,7 +54,8 @@ def _central_config(database_url: str) -> AeternaConfig:
     document: dict[str, Any] = {
         "postgresql": {"url": database_url},
         "vectorDatabase": {"dimension": DIMENSION},
-        "sync": {"listenPort": 0, "batch": {"maxBytes": 1048576}},
+        # The rate limit is tested elsewhere; here every input must reach validation.
+        "sync": {"listenPort": 0, "batch": {"maxBytes": 1048576}, "rateLimit": "100000/sec"},
         "telemetry": {"metricsPort": 0},
     }
     return AeternaConfig.model_validate(document)
@@ -66,7 +67,10 @@ async def edge_target(tmp_path: Path, redis_url: str) -> AsyncIterator[Target]:
         "deploymentMode": "edge",
         "edge": {"agentId": "edge-fuzz", "region": "eu-fuzz", "dataDir": str(tmp_path / "edge"), "listenPort": 0},
         "cache": {"url": redis_url},
-        "sync": {"centralServer": {"url": f"http://127.0.0.1:{free_port()}", "timeout": "1s", "maxRetries": 0}},
+        "sync": {
+            "centralServer": {"url": f"http://127.0.0.1:{free_port()}", "timeout": "1s", "maxRetries": 0},
+            "rateLimit": "100000/sec",
+        },
         "centralServer": {"healthCheck": {"interval": "5s", "timeout": "200ms", "failureThreshold": 1}},
         "vectorDatabase": {"dimension": DIMENSION},
         "telemetry": {"metricsPort": 0},
