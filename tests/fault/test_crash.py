@@ -19,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -30,6 +30,7 @@ from aeterna.edge.v1 import edge_pb2
 from grpc import aio
 
 from central_svc.store.embedded_postgres import EmbeddedPostgres, EmbeddedPostgresError
+from central_svc.store.migrate import upgrade
 from tests.fault.proxy import FaultProxy
 from tests.fault.support import (
     ALLOW_ALL,
@@ -45,6 +46,7 @@ from tests.fault.support import (
     trials,
     wait_until,
 )
+from tests.support.postgres import TEST_VECTOR_DIMENSION
 from tests.support.services import ServiceFactory, ServiceProcess
 
 pytestmark = [pytest.mark.ci_slow, pytest.mark.timeout(600)]
@@ -292,12 +294,39 @@ def _start_postgres(server: EmbeddedPostgres) -> None:
             time.sleep(0.2)
 
 
+@pytest.fixture
+def durable_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL of this test's own, with its real durability settings.
+
+    The session's shared test server runs with ``synchronous_commit=off`` for
+    speed, and a server killed in that mode may lose commits it had already
+    acknowledged: crashing *it* would test the fixture, not central.
+    """
+    server = EmbeddedPostgres(tmp_path / "durable-postgres")
+    server.start()
+    upgrade(server.url_for("postgres"), vector_dimension=TEST_VECTOR_DIMENSION)
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(EmbeddedPostgresError):
+            server.stop()
+
+
 async def test_postgres_restart_mid_transaction(
-    rig: Rig, request: pytest.FixtureRequest, postgres_server: EmbeddedPostgres
+    request: pytest.FixtureRequest, durable_postgres: EmbeddedPostgres, services: ServiceFactory, tmp_path: Path
 ) -> None:
     n = trials(request.config, 20, 200)
     rng = random.Random(_SEED + 3)
     agent = "edge-pg-restart"
+    postgres_server = durable_postgres
+    rig = Rig(services, tmp_path, durable_postgres.url_for("postgres"), durable_postgres)
+    try:
+        await _postgres_trials(rig, n, rng, agent, postgres_server)
+    finally:
+        await rig.close()
+
+
+async def _postgres_trials(rig: Rig, n: int, rng: random.Random, agent: str, postgres_server: EmbeddedPostgres) -> None:
     await rig.start(agent)
     writer = Writer(agent, rng)
     assert rig.edge_client is not None
