@@ -53,7 +53,8 @@ def _type_name(field: descriptor_pb2.FieldDescriptorProto) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    """Text fit for one Markdown table cell: one line, no stray pipes or tags."""
+    return " ".join(text.split()).replace("|", "\\|").replace("<", "&lt;")
 
 
 def api_markdown(image: descriptor_pb2.FileDescriptorSet) -> str:
