@@ -47,7 +47,9 @@ class BatchMeta:
     sent_time: datetime | None
     channel: Channel
     digest: bytes
-    """SHA-256 of the batch content without signature and sent_time."""
+    """SHA-256 of the batch content without signature, sent_time and floor_sequence."""
+    floor_sequence: int = 0
+    """Lowest sequence the edge still holds; lower ones it never sent were dead-lettered (0: unknown)."""
 
 
 @dataclass(frozen=True)
@@ -141,14 +143,23 @@ def reused_batch_id(meta: BatchMeta) -> AlreadyExists:
     )
 
 
-def advance_checkpoint(contiguous: int, applied_above: Iterable[int], sequence: int) -> tuple[int, list[int]]:
+def advance_checkpoint(
+    contiguous: int, applied_above: Iterable[int], sequence: int, floor: int = 0
+) -> tuple[int, list[int]]:
     """Record ``sequence`` as applied; return the new contiguous checkpoint and what stays above it.
+
+    ``floor`` is the lowest sequence the edge still holds: nothing below it can
+    arrive any more (applied, or dead-lettered at the edge), so the checkpoint
+    moves up to it even across a gap.
 
     >>> advance_checkpoint(2, [4, 5], 3)
     (5, [])
     >>> advance_checkpoint(2, [], 4)
     (2, [4])
+    >>> advance_checkpoint(2, [6], 7, floor=6)
+    (7, [])
     """
+    contiguous = max(contiguous, floor - 1)
     pending = {s for s in applied_above if s > contiguous}
     if sequence > contiguous:
         pending.add(sequence)

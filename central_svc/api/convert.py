@@ -33,18 +33,24 @@ def to_timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
 
 
 def content_digest(request: SignedRequest) -> bytes:
-    """SHA-256 of the batch without signature and sent_time: a re-signed resend has the same digest."""
+    """SHA-256 of the batch without what a resend may change: signature, sent_time, floor_sequence.
+
+    A re-signed resend of the same batch has the same digest, so it is a
+    DUPLICATE rather than a reuse of the batch id with other content.
+    """
     header = request.header
-    signature = header.signature
+    signature, floor = header.signature, header.floor_sequence
     sent = timestamp_pb2.Timestamp()
     had_time = header.HasField("sent_time")
     sent.CopyFrom(header.sent_time)
     header.signature = b""
+    header.floor_sequence = 0
     header.ClearField("sent_time")
     try:
         payload = request.SerializeToString(deterministic=True)
     finally:
         header.signature = signature
+        header.floor_sequence = floor
         if had_time:
             header.sent_time.CopyFrom(sent)
     return hashlib.sha256(payload).digest()
@@ -56,6 +62,7 @@ def batch_meta(request: SignedRequest, channel: Channel) -> BatchMeta:
     return BatchMeta(
         batch_id=header.batch_id,
         sequence=header.sequence,
+        floor_sequence=header.floor_sequence,
         agent_id=header.agent_id,
         region=header.region,
         sent_time=to_datetime(header.sent_time, header.HasField("sent_time"), "header.sent_time"),

@@ -72,7 +72,7 @@ class BatchLedger:
         )
         row = await cursor.fetchone()
         assert row is not None  # inserted just above
-        contiguous, above = advance_checkpoint(int(row[0]), row[1], meta.sequence)
+        contiguous, above = advance_checkpoint(int(row[0]), row[1], meta.sequence, meta.floor_sequence)
         await connection.execute(
             "UPDATE sync_checkpoints SET contiguous = %s, applied_above = %s, updated_at = now()"
             " WHERE agent_id = %s AND channel = %s",

@@ -92,10 +92,11 @@ class GrpcCentral:
         self._retired.add(task)
         task.add_done_callback(self._retired.discard)
 
-    def _header(self, batch: OutboxBatch) -> sync_pb2.BatchHeader:
+    def _header(self, batch: OutboxBatch, floor: int) -> sync_pb2.BatchHeader:
         return sync_pb2.BatchHeader(
             batch_id=batch.batch_id,
             sequence=batch.sequence,
+            floor_sequence=floor,
             agent_id=self._config.edge.agent_id,
             region=self._config.edge.region,
             sent_time=codec.ts(now_ns()),
@@ -128,21 +129,28 @@ class GrpcCentral:
         return {_FROM_CHANNEL[c.channel]: int(c.sequence) for c in reply.checkpoints if c.channel in _FROM_CHANNEL}
 
     async def send(self, channel: Channel, batches: Sequence[OutboxBatch]) -> list[Ack]:
-        """Sessions and vectors pipeline on a bidi stream; decisions and episodes go one call per batch."""
+        """Sessions and vectors pipeline on a bidi stream; decisions and episodes go one call per batch.
+
+        ``batches`` are the channel's oldest pending batches, in order, so the
+        first one's sequence is the floor: nothing below it is still queued here.
+        """
+        if not batches:
+            return []
+        floor = batches[0].sequence
         if channel is Channel.SESSIONS:
-            return await self._stream(self._sync.SyncSessions, [self._sessions_request(b) for b in batches])
+            return await self._stream(self._sync.SyncSessions, [self._sessions_request(b, floor) for b in batches])
         if channel is Channel.VECTORS:
-            return await self._stream(self._sync.SyncVectors, [self._vectors_request(b) for b in batches])
+            return await self._stream(self._sync.SyncVectors, [self._vectors_request(b, floor) for b in batches])
         acks: list[Ack] = []
         for batch in batches:
             try:
                 if channel is Channel.DECISIONS:
                     reply: Any = await self._sync.ReplayDecisions(
-                        self._decisions_request(batch), metadata=self._metadata, timeout=self._timeout
+                        self._decisions_request(batch, floor), metadata=self._metadata, timeout=self._timeout
                     )
                 else:
                     reply = await self._sync.AppendEpisodes(
-                        self._episodes_request(batch), metadata=self._metadata, timeout=self._timeout
+                        self._episodes_request(batch, floor), metadata=self._metadata, timeout=self._timeout
                     )
             except aio.AioRpcError:
                 if acks:
@@ -178,33 +186,33 @@ class GrpcCentral:
             call.cancel()
         return acks
 
-    def _sessions_request(self, batch: OutboxBatch) -> sync_pb2.SyncSessionsRequest:
+    def _sessions_request(self, batch: OutboxBatch, floor: int) -> sync_pb2.SyncSessionsRequest:
         request = sync_pb2.SyncSessionsRequest(
-            header=self._header(batch),
+            header=self._header(batch, floor),
             sessions=[codec.session_to_proto(SessionRecord.from_json(item)) for item in batch.items],
         )
         sign_batch(request, self._key)
         return request
 
-    def _vectors_request(self, batch: OutboxBatch) -> sync_pb2.SyncVectorsRequest:
+    def _vectors_request(self, batch: OutboxBatch, floor: int) -> sync_pb2.SyncVectorsRequest:
         request = sync_pb2.SyncVectorsRequest(
-            header=self._header(batch),
+            header=self._header(batch, floor),
             vectors=[codec.vector_to_proto(VectorRecord.from_json(item)) for item in batch.items],
         )
         sign_batch(request, self._key)
         return request
 
-    def _decisions_request(self, batch: OutboxBatch) -> sync_pb2.ReplayDecisionsRequest:
+    def _decisions_request(self, batch: OutboxBatch, floor: int) -> sync_pb2.ReplayDecisionsRequest:
         request = sync_pb2.ReplayDecisionsRequest(
-            header=self._header(batch),
+            header=self._header(batch, floor),
             decisions=[codec.decision_to_proto(DecisionRecord.from_json(item)) for item in batch.items],
         )
         sign_batch(request, self._key)
         return request
 
-    def _episodes_request(self, batch: OutboxBatch) -> sync_pb2.AppendEpisodesRequest:
+    def _episodes_request(self, batch: OutboxBatch, floor: int) -> sync_pb2.AppendEpisodesRequest:
         request = sync_pb2.AppendEpisodesRequest(
-            header=self._header(batch),
+            header=self._header(batch, floor),
             episodes=[codec.episode_to_proto(EpisodeRecord.from_json(item)) for item in batch.items],
         )
         sign_batch(request, self._key)

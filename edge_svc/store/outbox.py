@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,10 +82,14 @@ class ChannelStats:
 class Outbox:
     """SQLite-backed, per-channel ordered queue of batches."""
 
-    def __init__(self, path: Path, limits: dict[Channel, ChannelLimits]) -> None:
+    def __init__(
+        self, path: Path, limits: dict[Channel, ChannelLimits], *, clock: Callable[[], float] = time.time
+    ) -> None:
+        """``clock`` (wall-clock seconds) stamps batches and drives TTL expiry; tests inject a fake one."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._limits = limits
+        self._clock = clock
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -102,7 +106,7 @@ class Outbox:
         """Commit one batch of ``items``; returns it with its sequence and batch id."""
         payload = json.dumps(list(items), separators=(",", ":")).encode()
         batch_id = str(uuid.uuid4())
-        created = time.time()
+        created = self._clock()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -145,7 +149,7 @@ class Outbox:
 
     def ack(self, channel: Channel, sequences: Sequence[int], checkpoint: int = 0) -> int:
         """Remove acknowledged batches (and any at or below ``checkpoint``); returns items removed."""
-        now = time.time()
+        now = self._clock()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -191,7 +195,7 @@ class Outbox:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for channel, limits in self._limits.items():
-                    cutoff = time.time() - limits.ttl_seconds
+                    cutoff = self._clock() - limits.ttl_seconds
                     moved += self._dead_letter(channel, "created < ?", (cutoff,), "expired")
                 self._db.execute("COMMIT")
             except BaseException:
@@ -216,7 +220,7 @@ class Outbox:
             "RETURNING sequence, batch_id, created, item_count, payload",
             (channel.value, *params),
         ).fetchall()
-        now = time.time()
+        now = self._clock()
         items = 0
         for sequence, batch_id, created, count, payload in rows:
             self._db.execute(
@@ -275,7 +279,7 @@ class Outbox:
                     self._db.execute(
                         "INSERT INTO batches(channel, sequence, batch_id, created, item_count, payload) "
                         "VALUES (?, ?, ?, ?, ?, ?)",
-                        (name, sequence, str(uuid.uuid4()), time.time(), count, payload),
+                        (name, sequence, str(uuid.uuid4()), self._clock(), count, payload),
                     )
                     self._db.execute("UPDATE channels SET next_sequence = ? WHERE channel = ?", (sequence + 1, name))
                     self._db.execute("DELETE FROM dead_letters WHERE id = ?", (row_id,))

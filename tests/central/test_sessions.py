@@ -11,6 +11,7 @@ from aeterna.sync.v1 import sync_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from central_svc.batches import advance_checkpoint
 from central_svc.store.urls import psycopg_conninfo
 from interceptors.canonical import sign_batch
 from tests.central.conftest import Central, Edge, make_session, now_stamp
@@ -163,3 +164,20 @@ async def test_edge_registry_lists_the_syncing_edge(central: Central) -> None:
     await central.sync.AnnounceOffline(sync_pb2.AnnounceOfflineRequest(reason="shutdown"), metadata=edge.metadata)
     listed = await central.sync.ListEdges(sync_pb2.ListEdgesRequest(), metadata=edge.metadata)
     assert listed.edges[0].state == sync_pb2.EDGE_STATE_DEPARTED
+
+
+@pytest.mark.parametrize(
+    ("contiguous", "above", "sequence", "floor", "expected"),
+    [
+        (2, [4, 5], 3, 0, (5, [])),
+        (2, [], 4, 0, (2, [4])),
+        # The edge dead-lettered 3..5 and now holds nothing below 6: the gap is closed.
+        (2, [6], 7, 6, (7, [])),
+        # A floor below the checkpoint changes nothing.
+        (5, [], 7, 3, (5, [7])),
+    ],
+)
+def test_checkpoint_advances_past_dead_lettered_gaps(
+    contiguous: int, above: list[int], sequence: int, floor: int, expected: tuple[int, list[int]]
+) -> None:
+    assert advance_checkpoint(contiguous, above, sequence, floor) == expected

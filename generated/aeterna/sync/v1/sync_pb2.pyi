@@ -212,6 +212,7 @@ class BatchHeader(_message.Message):
     REGION_FIELD_NUMBER: _builtins.int
     SENT_TIME_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    FLOOR_SEQUENCE_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """Idempotency key of the batch (UUID). The same id with the same content is
     applied once and acked identically; the same id with other content is
@@ -229,6 +230,12 @@ class BatchHeader(_message.Message):
     """HMAC-SHA256, with the edge's signing key, over the deterministic protobuf
     encoding of the whole request with this field empty.
     """
+    floor_sequence: _builtins.int
+    """Lowest sequence the edge still holds on this channel when it sends; 0 when
+    unknown. Every lower sequence central has not applied was moved to the
+    edge's dead-letter store and will never arrive under that number, so
+    central advances its checkpoint past the gap.
+    """
     @_builtins.property
     def sent_time(self) -> _timestamp_pb2.Timestamp:
         """When the edge sent (and signed) the batch. Central refuses batches
@@ -244,10 +251,11 @@ class BatchHeader(_message.Message):
         region: _builtins.str = ...,
         sent_time: _timestamp_pb2.Timestamp | None = ...,
         signature: _builtins.bytes = ...,
+        floor_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sent_time", b"sent_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "batch_id", b"batch_id", "region", b"region", "sent_time", b"sent_time", "sequence", b"sequence", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "batch_id", b"batch_id", "floor_sequence", b"floor_sequence", "region", b"region", "sent_time", b"sent_time", "sequence", b"sequence", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
