@@ -18,7 +18,7 @@ from aeterna.edge.v1 import edge_pb2, edge_pb2_grpc
 from aeterna.memory.v1 import memory_pb2
 from aeterna.policy.v1 import decision_pb2, policy_pb2, policy_pb2_grpc
 from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 
 from edge_svc.api.status_client import fetch_status
 
@@ -280,13 +280,6 @@ def wire_sizes(sessions: Sequence[memory_pb2.Session]) -> tuple[int, int, int]:
     as_json = json.dumps([json_format.MessageToDict(s) for s in sessions]).encode()
     as_proto = request.SerializeToString()
     return len(as_json), len(as_proto), len(gzip.compress(as_proto))
-
-
-def struct_of(values: dict[str, Any]) -> struct_pb2.Struct:
-    """A Struct from a dict."""
-    struct = struct_pb2.Struct()
-    struct.update(values)
-    return struct
 
 
 class StatusUnavailable(Exception):

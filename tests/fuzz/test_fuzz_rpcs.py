@@ -16,7 +16,7 @@ import hashlib
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,7 +27,7 @@ import pytest
 from aeterna.edge.v1 import edge_pb2
 from aeterna.policy.v1 import policy_pb2
 from aeterna.sync.v1 import sync_pb2
-from google.protobuf import descriptor, message_factory, struct_pb2
+from google.protobuf import descriptor, message_factory
 from google.protobuf.message import Message
 from grpc import aio
 from hypothesis import HealthCheck, given, settings
@@ -426,6 +426,3 @@ async def test_hypothesis_every_rpc(
     )
     assert tally.bad == [], tally.bad[:20]
     assert server_side_forbidden() == server_before, "a server answered INTERNAL or UNKNOWN"
-
-
-_ = (Iterator, struct_pb2)
