@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 from prometheus_client import CollectorRegistry, Gauge
 
 from central_svc.deps import CentralDeps
 from central_svc.edges import EdgeState
+from central_svc.periodic import Periodic
 
 _log = logging.getLogger(__name__)
 
@@ -19,11 +18,10 @@ class CentralMetrics:
 
     def __init__(self, registry: CollectorRegistry, deps: CentralDeps, interval: float = 15.0) -> None:
         self._deps = deps
-        self._interval = interval
         self.edges = Gauge("aeterna_edges", "Edges in central's registry, by state.", ["state"], registry=registry)
         self.online = Gauge("aeterna_edges_online", "Edges central considers online.", registry=registry)
         self.watchers = Gauge("aeterna_central_policy_watchers", "Connected policy watchers", registry=registry)
-        self._task: asyncio.Task[None] | None = None
+        self._schedule = Periodic("central-metrics", interval, self.refresh, first_now=True)
 
     async def refresh(self) -> None:
         """Recount edges by state."""
@@ -43,19 +41,8 @@ class CentralMetrics:
 
     def start(self) -> None:
         """Refresh every interval."""
-        self._task = asyncio.create_task(self._run(), name="central-metrics")
+        self._schedule.start()
 
     async def stop(self) -> None:
         """Stop refreshing."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception as error:
-                _log.warning("metrics refresh failed: %s", error)
-            await asyncio.sleep(self._interval)
+        await self._schedule.stop()

@@ -13,9 +13,7 @@ not yet present; it never overwrites, so restoring twice is harmless.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import gzip
 import hashlib
 import json
@@ -28,6 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from aeterna_shared.errors import FailedPrecondition, InvalidArgument
+from central_svc.periodic import Periodic
 
 _log = logging.getLogger(__name__)
 
@@ -159,26 +158,14 @@ class SnapshotScheduler:
     """Writes a snapshot every ``interval`` while the server runs."""
 
     def __init__(self, source: SnapshotSource, directory: Path, interval: timedelta) -> None:
-        self._source = source
-        self._directory = directory
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._schedule = Periodic(
+            "episodic-snapshots", interval.total_seconds(), lambda: create(source, directory), first_now=False
+        )
 
     def start(self) -> None:
         """Begin the schedule (first snapshot one interval after start)."""
-        self._task = asyncio.create_task(self._run(), name="episodic-snapshots")
+        self._schedule.start()
 
     async def stop(self) -> None:
         """Stop the schedule."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval.total_seconds())
-            try:
-                await create(self._source, self._directory)
-            except Exception:
-                _log.exception("scheduled episodic snapshot failed; the next one is in %s", self._interval)
+        await self._schedule.stop()
