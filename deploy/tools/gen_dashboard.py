@@ -6,11 +6,12 @@ python deploy/tools/gen_dashboard.py --check   # exit 1 if it is stale
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from generated_file import write_or_check  # the sibling helper; scripts run from this folder
 
 OUT = Path(__file__).resolve().parents[1] / "dashboards" / "aeterna-sync.json"
 SEL = 'namespace=~"$namespace"'
@@ -169,18 +170,7 @@ def render() -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true")
-    args = parser.parse_args()
-    text = render()
-    if args.check:
-        if not OUT.exists() or OUT.read_text(encoding="utf-8") != text:
-            print(f"{OUT} is stale; run: python deploy/tools/gen_dashboard.py", file=sys.stderr)
-            return 1
-        return 0
-    OUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUT}")
-    return 0
+    return write_or_check(OUT, render, __doc__.splitlines()[0], "python deploy/tools/gen_dashboard.py")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ fails ``helm install``/``helm template`` instead of a pod at start-up:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import typing
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from generated_file import write_or_check  # the sibling helper; scripts run from this folder
 from pydantic import BaseModel
 
 from aeterna_shared.config import AeternaConfig
@@ -118,18 +118,7 @@ def render() -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if the schema file is stale")
-    args = parser.parse_args()
-    text = render()
-    if args.check:
-        if not SCHEMA.exists() or SCHEMA.read_text(encoding="utf-8") != text:
-            print(f"{SCHEMA} is stale; run: python deploy/tools/gen_values_schema.py", file=sys.stderr)
-            return 1
-        return 0
-    SCHEMA.write_text(text, encoding="utf-8")
-    print(f"wrote {SCHEMA}")
-    return 0
+    return write_or_check(SCHEMA, render, __doc__.splitlines()[0], "python deploy/tools/gen_values_schema.py")
 
 
 if __name__ == "__main__":

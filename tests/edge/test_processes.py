@@ -16,14 +16,15 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
-from aeterna.edge.v1 import edge_pb2, edge_pb2_grpc
+from aeterna.edge.v1 import edge_pb2
 from aeterna.memory.v1 import memory_pb2
-from aeterna.policy.v1 import decision_pb2, policy_pb2, policy_pb2_grpc
-from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
+from aeterna.policy.v1 import decision_pb2
+from aeterna.sync.v1 import sync_pb2
 from grpc import aio
 
 from central_svc.store.embedded_postgres import EmbeddedPostgres
 from tests.edge.conftest import BUNDLE_POLICY, DIMENSION, closed_port, edge_document
+from tests.support.clients import Client, make_session
 from tests.support.services import ServiceFactory, ServiceProcess
 
 ALLOW_ALICE = 'permit(principal == User::"alice", action == Action::"approve", resource);'
@@ -63,44 +64,6 @@ def make_edge(
     return services.make("edge", name, document)
 
 
-class Client:
-    """Stubs for one process."""
-
-    def __init__(self, target: str, agent: str = "operator") -> None:
-        self.channel = aio.insecure_channel(target)
-        self.metadata = (("x-aeterna-agent-id", agent),)
-        self.edge = edge_pb2_grpc.EdgeServiceStub(self.channel)
-        self.sync = sync_pb2_grpc.SyncServiceStub(self.channel)
-        self.policy = policy_pb2_grpc.PolicyServiceStub(self.channel)
-
-    async def status(self) -> edge_pb2.GetEdgeStatusResponse:
-        return await self.edge.GetEdgeStatus(edge_pb2.GetEdgeStatusRequest())
-
-    async def pending(self, channel: int) -> int:
-        return next(q.pending_items for q in (await self.status()).queues if q.channel == channel)
-
-    async def authorize(self, **context: Any) -> edge_pb2.AuthorizeResponse:
-        request = edge_pb2.AuthorizeRequest(principal='User::"alice"', action='Action::"approve"', resource='Doc::"d"')
-        request.context.update(context)
-        return await self.edge.Authorize(request)
-
-    async def publish(self, text: str) -> int:
-        reply = await self.policy.PublishPolicies(
-            policy_pb2.PublishPoliciesRequest(policies=[policy_pb2.CedarPolicy(policy_id="main.cedar", text=text)]),
-            metadata=self.metadata,
-        )
-        return int(reply.bundle.version)
-
-    async def close(self) -> None:
-        await self.channel.close()
-
-
-def session(session_id: str, text: str) -> memory_pb2.Session:
-    return memory_pb2.Session(
-        session_id=session_id, user_id="u", messages=[memory_pb2.SessionMessage(role="user", content=text)]
-    )
-
-
 def decided_at_central(central_dir: Path, ids: list[str]) -> list[str]:
     """The ids among ``ids`` that central's decision log holds (its primary key makes each appear once)."""
     pg = EmbeddedPostgres(central_dir / "postgres")
@@ -115,7 +78,7 @@ async def test_session_sync_and_read_through_at_a_second_edge(services: ServiceF
     edge_b = make_edge(services, tmp_path, "edge-b", central.port).start()
     a, b, c = Client(edge_a.target), Client(edge_b.target), Client(central.target, "edge-a")
     try:
-        put = await a.edge.PutSession(edge_pb2.PutSessionRequest(session=session("sess-1", "hello")))
+        put = await a.edge.PutSession(edge_pb2.PutSessionRequest(session=make_session("sess-1", "hello")))
         flushed = await a.edge.FlushSync(edge_pb2.FlushSyncRequest())
         assert flushed.items_acked >= 1
         at_central = await c.sync.GetSession(sync_pb2.GetSessionRequest(session_id="sess-1"), metadata=c.metadata)
@@ -188,7 +151,7 @@ async def test_offline_operation_replay_and_policy_updates(services: ServiceFact
         await wait_until(denied, "the edge applies bundle 2")
         await c.publish(BUNDLE_POLICY)
         await wait_until(allowed, "the edge applies bundle 3")
-        await e.edge.PutSession(edge_pb2.PutSessionRequest(session=session("sess-off", "before")))
+        await e.edge.PutSession(edge_pb2.PutSessionRequest(session=make_session("sess-off", "before")))
         await e.edge.FlushSync(edge_pb2.FlushSyncRequest())
         stored = await s.edge.AppendEpisode(edge_pb2.AppendEpisodeRequest(episode=memory_pb2.Episode(content="strong")))
         assert stored.stored_at_central
@@ -267,7 +230,7 @@ async def test_sigkill_with_a_full_outbox_and_restart_without_central(services: 
         await wait_until(offline, "the edge notices central is gone")
         ids = [(await e.authorize()).decision_id for _ in range(7)]
         for index in range(3):
-            await e.edge.PutSession(edge_pb2.PutSessionRequest(session=session(f"k{index}", "kept")))
+            await e.edge.PutSession(edge_pb2.PutSessionRequest(session=make_session(f"k{index}", "kept")))
 
         async def queued() -> bool:
             return (
@@ -326,7 +289,7 @@ async def test_sigkill_right_after_acknowledged_writes_loses_nothing(services: S
         await wait_until(allowed, "the edge applies bundle 1")
         ids = [(await e.authorize()).decision_id for _ in range(5)]
         for index in range(3):
-            await e.edge.PutSession(edge_pb2.PutSessionRequest(session=session(f"c{index}", "acknowledged")))
+            await e.edge.PutSession(edge_pb2.PutSessionRequest(session=make_session(f"c{index}", "acknowledged")))
         edge.kill()
         await e.close()
 

@@ -18,12 +18,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from aeterna.edge.v1 import edge_pb2, edge_pb2_grpc
+from aeterna.edge.v1 import edge_pb2
 from aeterna.memory.v1 import memory_pb2
-from aeterna.policy.v1 import policy_pb2, policy_pb2_grpc
-from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
+from aeterna.sync.v1 import sync_pb2
 from grpc import aio
 
+from tests.support.clients import Client, make_session
 from tests.support.postgres import TEST_VECTOR_DIMENSION
 
 SUMMARIES: list[str] = []
@@ -110,30 +110,6 @@ def edge_document(data_dir: Path, central_port: int, agent_id: str, **overrides:
     return document
 
 
-class Client:
-    """Stubs of one process (edge or central)."""
-
-    def __init__(self, target: str, agent: str = "operator") -> None:
-        self.channel = aio.insecure_channel(target)
-        self.metadata = (("x-aeterna-agent-id", agent),)
-        self.edge = edge_pb2_grpc.EdgeServiceStub(self.channel)
-        self.sync = sync_pb2_grpc.SyncServiceStub(self.channel)
-        self.policy = policy_pb2_grpc.PolicyServiceStub(self.channel)
-
-    async def status(self) -> edge_pb2.GetEdgeStatusResponse:
-        return await self.edge.GetEdgeStatus(edge_pb2.GetEdgeStatusRequest(), timeout=5)
-
-    async def publish(self, text: str) -> int:
-        reply = await self.policy.PublishPolicies(
-            policy_pb2.PublishPoliciesRequest(policies=[policy_pb2.CedarPolicy(policy_id="main.cedar", text=text)]),
-            metadata=self.metadata,
-        )
-        return int(reply.bundle.version)
-
-    async def close(self) -> None:
-        await self.channel.close()
-
-
 @dataclass
 class Acked:
     """What the edge acknowledged to an agent: the ledger the invariant is checked against."""
@@ -149,12 +125,6 @@ class Acked:
     @property
     def items(self) -> int:
         return len(self.sessions) + len(self.vectors) + len(self.decisions)
-
-
-def make_session(session_id: str, text: str) -> memory_pb2.Session:
-    return memory_pb2.Session(
-        session_id=session_id, user_id="u", messages=[memory_pb2.SessionMessage(role="user", content=text)]
-    )
 
 
 def make_vector(vector_id: str, rng: random.Random) -> memory_pb2.Vector:
