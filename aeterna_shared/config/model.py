@@ -37,20 +37,37 @@ class Section(BaseModel):
 class WorkingLayer(Section):
     ttl: Duration = timedelta(seconds=5)
     """How long a working-memory value lives when the caller gives no TTL (spec: 1-5 s)."""
+    max_ttl: Duration = timedelta(seconds=5)
+    """The longest TTL a caller may ask for (spec: 1-5 s); see ``ttlOverflow`` for what a longer one gets."""
+    ttl_overflow: Literal["refuse", "cap"] = "refuse"
+    """A TTL above ``maxTtl``: refuse (INVALID_ARGUMENT naming the field) or cap it to ``maxTtl``."""
     max_size: ByteSize = 1024**3
-    """Memory bound of the cache (Redis `maxmemory`), for example 1Gi."""
+    """Memory bound of working memory alone (its own cache's `maxmemory`), for example 1Gi."""
     eviction_policy: Literal["lru", "lfu", "noeviction"] = "lru"
-    """What the cache evicts when full: lru and lfu map to Redis' allkeys-lru/allkeys-lfu."""
+    """What working memory evicts when full: lru and lfu map to Redis' allkeys-lru/allkeys-lfu.
+    Working memory is the only layer that is ever evicted."""
+
+    @model_validator(mode="after")
+    def _ttl_within_max(self) -> WorkingLayer:
+        if self.ttl > self.max_ttl:
+            raise ValueError(f"ttl ({self.ttl}) must not exceed maxTtl ({self.max_ttl})")
+        if self.ttl <= timedelta(0):
+            raise ValueError("ttl must be positive")
+        return self
 
 
 class SessionLayer(Section):
     ttl: Duration = timedelta(hours=24)
-    """How long a session stays in the edge cache after its last write."""
+    """How long a session stays in the edge cache after it was last synced. A session with changes
+    central has not acknowledged never expires and is never evicted."""
+    max_size: ByteSize = 0
+    """Memory bound of the session store (Redis `maxmemory` with `noeviction`); when it is full,
+    session writes are refused with RESOURCE_EXHAUSTED and a retry delay. 0: no bound."""
 
 
 class CacheLayers(Section):
     working: WorkingLayer = WorkingLayer()
-    """Working memory: ephemeral, local to the edge, never synced."""
+    """Working memory: ephemeral, local to the edge, never synced, the only evictable layer."""
     session: SessionLayer = SessionLayer()
     """Session memory held at the edge."""
 
@@ -59,7 +76,15 @@ class CacheConfig(Section):
     backend: Literal["dragonfly", "redis"] = "dragonfly"
     """Cache server kind; both speak the Redis protocol."""
     url: str | None = None
-    """redis:// URL of the cache. Unset: the edge starts and owns a local redis-server."""
+    """redis:// URL of the session store (and of working memory unless ``workingUrl`` is set).
+    It must not evict (maxmemory-policy noeviction) and must persist every write (appendonly yes);
+    the edge checks both at start. Unset: the edge starts and owns local redis-servers."""
+    working_url: str | None = None
+    """redis:// URL of a separate cache for working memory alone (may evict). Unset with ``url``
+    set: working memory shares the session store and never evicts."""
+    allow_unsafe_cache: bool = False
+    """Start even when the cache at ``url`` may evict keys or does not persist every write.
+    Acknowledged sessions can then be lost: only for people who accept that risk."""
     layers: CacheLayers = CacheLayers()
     """Per-layer settings."""
 
