@@ -624,6 +624,8 @@ class QueueDepth(_message.Message):
     DEAD_LETTERS_FIELD_NUMBER: _builtins.int
     ACKED_SEQUENCE_FIELD_NUMBER: _builtins.int
     LAST_SYNC_TIME_FIELD_NUMBER: _builtins.int
+    DEGRADED_FIELD_NUMBER: _builtins.int
+    DEGRADED_REASON_FIELD_NUMBER: _builtins.int
     channel: _sync_pb2.SyncChannel.ValueType
     """The channel."""
     pending_items: _builtins.int
@@ -634,6 +636,12 @@ class QueueDepth(_message.Message):
     """Items moved to the dead-letter store because they expired or overflowed."""
     acked_sequence: _builtins.int
     """Highest sequence central acknowledged on the channel."""
+    degraded: _builtins.bool
+    """True while the channel cannot make progress although the link is online
+    (central refuses or fails its batches); see `degraded_reason`.
+    """
+    degraded_reason: _builtins.str
+    """Why the channel is degraded, for example the last error from central."""
     @_builtins.property
     def last_sync_time(self) -> _timestamp_pb2.Timestamp:
         """When a batch of the channel was last acknowledged."""
@@ -647,10 +655,12 @@ class QueueDepth(_message.Message):
         dead_letters: _builtins.int = ...,
         acked_sequence: _builtins.int = ...,
         last_sync_time: _timestamp_pb2.Timestamp | None = ...,
+        degraded: _builtins.bool = ...,
+        degraded_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_sync_time", b"last_sync_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_sequence", b"acked_sequence", "channel", b"channel", "dead_letters", b"dead_letters", "last_sync_time", b"last_sync_time", "pending_batches", b"pending_batches", "pending_items", b"pending_items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_sequence", b"acked_sequence", "channel", b"channel", "dead_letters", b"dead_letters", "degraded", b"degraded", "degraded_reason", b"degraded_reason", "last_sync_time", b"last_sync_time", "pending_batches", b"pending_batches", "pending_items", b"pending_items"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -671,6 +681,8 @@ class GetEdgeStatusResponse(_message.Message):
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
     LOCAL_SESSIONS_FIELD_NUMBER: _builtins.int
     LOCAL_VECTORS_FIELD_NUMBER: _builtins.int
+    INCARNATION_ID_FIELD_NUMBER: _builtins.int
+    DEGRADED_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """The edge's agent id."""
     region: _builtins.str
@@ -685,6 +697,14 @@ class GetEdgeStatusResponse(_message.Message):
     """Number of sessions held locally."""
     local_vectors: _builtins.int
     """Number of vectors in the local subset."""
+    incarnation_id: _builtins.str
+    """Identity of this edge's local state (see
+    `aeterna.sync.v1.BatchHeader.incarnation_id`).
+    """
+    degraded: _builtins.bool
+    """True when any channel is degraded: the link is up but sync does not
+    make progress.
+    """
     @_builtins.property
     def link_change_time(self) -> _timestamp_pb2.Timestamp:
         """When the link state last changed."""
@@ -705,10 +725,12 @@ class GetEdgeStatusResponse(_message.Message):
         policy_version: _builtins.int = ...,
         local_sessions: _builtins.int = ...,
         local_vectors: _builtins.int = ...,
+        incarnation_id: _builtins.str = ...,
+        degraded: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["link_change_time", b"link_change_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "consecutive_failures", b"consecutive_failures", "link_change_time", b"link_change_time", "link_state", b"link_state", "local_sessions", b"local_sessions", "local_vectors", b"local_vectors", "policy_version", b"policy_version", "queues", b"queues", "region", b"region"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "consecutive_failures", b"consecutive_failures", "degraded", b"degraded", "incarnation_id", b"incarnation_id", "link_change_time", b"link_change_time", "link_state", b"link_state", "local_sessions", b"local_sessions", "local_vectors", b"local_vectors", "policy_version", b"policy_version", "queues", b"queues", "region", b"region"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

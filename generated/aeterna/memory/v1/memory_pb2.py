@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61\x65terna/memory/v1/memory.proto\x12\x11\x61\x65terna.memory.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x02\n\x07Session\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12=\n\x08messages\x18\x03 \x03(\x0b\x32!.aeterna.memory.v1.SessionMessageR\x08messages\x12-\n\x05state\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructR\x05state\x12H\n\x12last_activity_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x10lastActivityTime\x12\x1a\n\x08\x63hecksum\x18\x06 \x01(\tR\x08\x63hecksum\x12\x1b\n\ttenant_id\x18\x07 \x01(\tR\x08tenantId\"\xb0\x01\n\x0eSessionMessage\x12\x12\n\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\x12;\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12\x33\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructR\x08metadata\"\xe2\x01\n\x06Vector\x12\x1b\n\tvector_id\x18\x01 \x01(\tR\x08vectorId\x12\x16\n\x06values\x18\x02 \x03(\x02R\x06values\x12\x16\n\x06region\x18\x03 \x01(\tR\x06region\x12\x1b\n\ttenant_id\x18\x04 \x01(\tR\x08tenantId\x12\x31\n\x07payload\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructR\x07payload\x12;\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime\"W\n\x0cScoredVector\x12\x31\n\x06vector\x18\x01 \x01(\x0b\x32\x19.aeterna.memory.v1.VectorR\x06vector\x12\x14\n\x05score\x18\x02 \x01(\x02R\x05score\"\xa7\x02\n\x07\x45pisode\x12\x1d\n\nepisode_id\x18\x01 \x01(\tR\tepisodeId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x19\n\x08\x61gent_id\x18\x03 \x01(\tR\x07\x61gentId\x12\x18\n\x07\x63ontent\x18\x04 \x01(\tR\x07\x63ontent\x12\x1c\n\tembedding\x18\x05 \x03(\x02R\tembedding\x12\x33\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.StructR\x08metadata\x12\x39\n\noccur_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\toccurTime\x12\x1b\n\ttenant_id\x18\x08 \x01(\tR\x08tenantIdb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61\x65terna/memory/v1/memory.proto\x12\x11\x61\x65terna.memory.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x02\n\x07Session\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12=\n\x08messages\x18\x03 \x03(\x0b\x32!.aeterna.memory.v1.SessionMessageR\x08messages\x12-\n\x05state\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructR\x05state\x12H\n\x12last_activity_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x10lastActivityTime\x12\x1a\n\x08\x63hecksum\x18\x06 \x01(\tR\x08\x63hecksum\x12\x1b\n\ttenant_id\x18\x07 \x01(\tR\x08tenantId\"\xcf\x01\n\x0eSessionMessage\x12\x12\n\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\x12;\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12\x33\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructR\x08metadata\x12\x1d\n\nmessage_id\x18\x05 \x01(\tR\tmessageId\"\xe2\x01\n\x06Vector\x12\x1b\n\tvector_id\x18\x01 \x01(\tR\x08vectorId\x12\x16\n\x06values\x18\x02 \x03(\x02R\x06values\x12\x16\n\x06region\x18\x03 \x01(\tR\x06region\x12\x1b\n\ttenant_id\x18\x04 \x01(\tR\x08tenantId\x12\x31\n\x07payload\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructR\x07payload\x12;\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime\"W\n\x0cScoredVector\x12\x31\n\x06vector\x18\x01 \x01(\x0b\x32\x19.aeterna.memory.v1.VectorR\x06vector\x12\x14\n\x05score\x18\x02 \x01(\x02R\x05score\"\xa7\x02\n\x07\x45pisode\x12\x1d\n\nepisode_id\x18\x01 \x01(\tR\tepisodeId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x19\n\x08\x61gent_id\x18\x03 \x01(\tR\x07\x61gentId\x12\x18\n\x07\x63ontent\x18\x04 \x01(\tR\x07\x63ontent\x12\x1c\n\tembedding\x18\x05 \x03(\x02R\tembedding\x12\x33\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.StructR\x08metadata\x12\x39\n\noccur_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\toccurTime\x12\x1b\n\ttenant_id\x18\x08 \x01(\tR\x08tenantIdb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,11 +36,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSION']._serialized_start=117
   _globals['_SESSION']._serialized_end=423
   _globals['_SESSIONMESSAGE']._serialized_start=426
-  _globals['_SESSIONMESSAGE']._serialized_end=602
-  _globals['_VECTOR']._serialized_start=605
-  _globals['_VECTOR']._serialized_end=831
-  _globals['_SCOREDVECTOR']._serialized_start=833
-  _globals['_SCOREDVECTOR']._serialized_end=920
-  _globals['_EPISODE']._serialized_start=923
-  _globals['_EPISODE']._serialized_end=1218
+  _globals['_SESSIONMESSAGE']._serialized_end=633
+  _globals['_VECTOR']._serialized_start=636
+  _globals['_VECTOR']._serialized_end=862
+  _globals['_SCOREDVECTOR']._serialized_start=864
+  _globals['_SCOREDVECTOR']._serialized_end=951
+  _globals['_EPISODE']._serialized_start=954
+  _globals['_EPISODE']._serialized_end=1249
 # @@protoc_insertion_point(module_scope)

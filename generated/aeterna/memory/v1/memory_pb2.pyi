@@ -40,8 +40,9 @@ class Session(_message.Message):
     user_id: _builtins.str
     """The end user the session belongs to, for example "user-456"."""
     checksum: _builtins.str
-    """Lower-case hex SHA-256 of the session's canonical encoding (see
-    docs/sync-protocol.md); central refuses a session whose checksum differs.
+    """Lower-case hex SHA-256 of the session's deterministic protobuf encoding
+    with `checksum` and `tenant_id` empty; central refuses a session whose
+    checksum differs.
     """
     tenant_id: _builtins.str
     """Tenant that owns the session. Set by the edge from the caller's
@@ -88,10 +89,16 @@ class SessionMessage(_message.Message):
     CONTENT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
     role: _builtins.str
     """Who spoke, for example "user", "assistant" or "tool"."""
     content: _builtins.str
     """The text of the turn."""
+    message_id: _builtins.str
+    """Unique id of the turn (a UUID), assigned by the edge when the agent
+    leaves it empty. Central keeps each id once per session, so a turn that is
+    resent, or appended at two edges, is never duplicated.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the turn was written."""
@@ -107,10 +114,11 @@ class SessionMessage(_message.Message):
         content: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         metadata: _struct_pb2.Struct | None = ...,
+        message_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "create_time", b"create_time", "metadata", b"metadata", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "create_time", b"create_time", "message_id", b"message_id", "metadata", b"metadata", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

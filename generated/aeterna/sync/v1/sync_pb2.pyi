@@ -8,6 +8,7 @@ from aeterna.policy.v1 import decision_pb2 as _decision_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -213,6 +214,7 @@ class BatchHeader(_message.Message):
     SENT_TIME_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     FLOOR_SEQUENCE_FIELD_NUMBER: _builtins.int
+    INCARNATION_ID_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """Idempotency key of the batch (UUID). The same id with the same content is
     applied once and acked identically; the same id with other content is
@@ -236,6 +238,14 @@ class BatchHeader(_message.Message):
     edge's dead-letter store and will never arrive under that number, so
     central advances its checkpoint past the gap.
     """
+    incarnation_id: _builtins.str
+    """Identity of the edge's local state (a UUID made when the edge's data
+    directory was created). Sequences count within one incarnation: an edge
+    restarted on an empty data directory with the same agent id is a new
+    incarnation that starts again at sequence 1, and central keeps its
+    checkpoints apart, so its batches are never mistaken for ones already
+    applied. Empty: the edge predates incarnations.
+    """
     @_builtins.property
     def sent_time(self) -> _timestamp_pb2.Timestamp:
         """When the edge sent (and signed) the batch. Central refuses batches
@@ -252,10 +262,11 @@ class BatchHeader(_message.Message):
         sent_time: _timestamp_pb2.Timestamp | None = ...,
         signature: _builtins.bytes = ...,
         floor_sequence: _builtins.int = ...,
+        incarnation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sent_time", b"sent_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "batch_id", b"batch_id", "floor_sequence", b"floor_sequence", "region", b"region", "sent_time", b"sent_time", "sequence", b"sequence", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "batch_id", b"batch_id", "floor_sequence", b"floor_sequence", "incarnation_id", b"incarnation_id", "region", b"region", "sent_time", b"sent_time", "sequence", b"sequence", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -357,27 +368,98 @@ class SyncSessionsRequest(_message.Message):
 
     HEADER_FIELD_NUMBER: _builtins.int
     SESSIONS_FIELD_NUMBER: _builtins.int
+    APPENDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def header(self) -> Global___BatchHeader:
         """Identity and signature of the batch."""
 
     @_builtins.property
     def sessions(self) -> _containers.RepeatedCompositeFieldContainer[_memory_pb2.Session]:
-        """The sessions, at most `sync.batch.maxSize` of them."""
+        """Whole sessions, each replacing the session central holds when its
+        `last_activity_time` is newer (written by PutSession at the edge).
+        """
+
+    @_builtins.property
+    def appends(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionAppend]:
+        """Changes of sessions that were only appended to since the edge's last
+        sync; central merges them into what it holds. `sessions` and `appends`
+        together hold at most `sync.batch.maxSize` items, one per session.
+        """
 
     def __init__(
         self,
         *,
         header: Global___BatchHeader | None = ...,
         sessions: _abc.Iterable[_memory_pb2.Session] | None = ...,
+        appends: _abc.Iterable[Global___SessionAppend] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "sessions", b"sessions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["appends", b"appends", "header", b"header", "sessions", b"sessions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SyncSessionsRequest: _TypeAlias = SyncSessionsRequest  # noqa: Y015
+
+@_typing.final
+class SessionAppend(_message.Message):
+    """SessionAppend is what changed in one session since the edge last synced
+    it, when the session was only appended to: the new turns and the state keys
+    that were set. Central merges it: each turn is stored once per session (by
+    `message_id`), after the turns it already holds and in the order sent, and
+    each state key overwrites the one held. An append to a session central does
+    not hold yet starts it. Appends from several edges to one session all land.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    STATE_PATCH_FIELD_NUMBER: _builtins.int
+    LAST_ACTIVITY_TIME_FIELD_NUMBER: _builtins.int
+    CHECKSUM_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session the turns belong to."""
+    user_id: _builtins.str
+    """The end user of the session; used when the append starts the session."""
+    checksum: _builtins.str
+    """Lower-case hex SHA-256 of this message's deterministic protobuf encoding
+    with `checksum` and `tenant_id` empty.
+    """
+    tenant_id: _builtins.str
+    """Tenant that owns the session, set by the edge from the caller's credential."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_memory_pb2.SessionMessage]:
+        """The new turns, oldest first; every one has a `message_id`."""
+
+    @_builtins.property
+    def state_patch(self) -> _struct_pb2.Struct:
+        """State keys set since the last sync (a shallow merge into the state)."""
+
+    @_builtins.property
+    def last_activity_time(self) -> _timestamp_pb2.Timestamp:
+        """When the session last changed at the edge."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        messages: _abc.Iterable[_memory_pb2.SessionMessage] | None = ...,
+        state_patch: _struct_pb2.Struct | None = ...,
+        last_activity_time: _timestamp_pb2.Timestamp | None = ...,
+        checksum: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_activity_time", b"last_activity_time", "state_patch", b"state_patch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checksum", b"checksum", "last_activity_time", b"last_activity_time", "messages", b"messages", "session_id", b"session_id", "state_patch", b"state_patch", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionAppend: _TypeAlias = SessionAppend  # noqa: Y015
 
 @_typing.final
 class SyncSessionsResponse(_message.Message):
@@ -835,12 +917,19 @@ class GetSyncCheckpointRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    INCARNATION_ID_FIELD_NUMBER: _builtins.int
+    incarnation_id: _builtins.str
+    """The incarnation whose checkpoints are asked for (see
+    `BatchHeader.incarnation_id`); empty for an edge without incarnations.
+    """
     def __init__(
         self,
+        *,
+        incarnation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incarnation_id", b"incarnation_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1123,6 +1212,9 @@ class EdgeInfo(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     LAST_SYNC_TIME_FIELD_NUMBER: _builtins.int
     LAST_SEEN_TIME_FIELD_NUMBER: _builtins.int
+    INCARNATION_ID_FIELD_NUMBER: _builtins.int
+    INCARNATION_START_TIME_FIELD_NUMBER: _builtins.int
+    INCARNATION_COUNT_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """The edge's agent id."""
     region: _builtins.str
@@ -1131,6 +1223,14 @@ class EdgeInfo(_message.Message):
     """The edge's tenant."""
     state: Global___EdgeState.ValueType
     """How central sees the edge now."""
+    incarnation_id: _builtins.str
+    """The incarnation of the edge's local state that central heard from last
+    (see `BatchHeader.incarnation_id`).
+    """
+    incarnation_count: _builtins.int
+    """How many incarnations of this agent id central has seen; more than one
+    means the edge was re-provisioned (a new data directory) at least once.
+    """
     @_builtins.property
     def last_sync_time(self) -> _timestamp_pb2.Timestamp:
         """When central last applied a batch from it."""
@@ -1138,6 +1238,10 @@ class EdgeInfo(_message.Message):
     @_builtins.property
     def last_seen_time(self) -> _timestamp_pb2.Timestamp:
         """When central last heard from it at all."""
+
+    @_builtins.property
+    def incarnation_start_time(self) -> _timestamp_pb2.Timestamp:
+        """When central first heard from that incarnation."""
 
     def __init__(
         self,
@@ -1148,10 +1252,13 @@ class EdgeInfo(_message.Message):
         state: Global___EdgeState.ValueType = ...,
         last_sync_time: _timestamp_pb2.Timestamp | None = ...,
         last_seen_time: _timestamp_pb2.Timestamp | None = ...,
+        incarnation_id: _builtins.str = ...,
+        incarnation_start_time: _timestamp_pb2.Timestamp | None = ...,
+        incarnation_count: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen_time", b"last_seen_time", "last_sync_time", b"last_sync_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["incarnation_start_time", b"incarnation_start_time", "last_seen_time", b"last_seen_time", "last_sync_time", b"last_sync_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "last_seen_time", b"last_seen_time", "last_sync_time", b"last_sync_time", "region", b"region", "state", b"state", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "incarnation_count", b"incarnation_count", "incarnation_id", b"incarnation_id", "incarnation_start_time", b"incarnation_start_time", "last_seen_time", b"last_seen_time", "last_sync_time", b"last_sync_time", "region", b"region", "state", b"state", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file aeterna/memory/v1/memory.proto.
  */
 export const file_aeterna_memory_v1_memory: GenFile = /*@__PURE__*/
-  fileDesc("Ch5hZXRlcm5hL21lbW9yeS92MS9tZW1vcnkucHJvdG8SEWFldGVybmEubWVtb3J5LnYxIugBCgdTZXNzaW9uEhIKCnNlc3Npb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIzCghtZXNzYWdlcxgDIAMoCzIhLmFldGVybmEubWVtb3J5LnYxLlNlc3Npb25NZXNzYWdlEiYKBXN0YXRlGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBI2ChJsYXN0X2FjdGl2aXR5X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGNoZWNrc3VtGAYgASgJEhEKCXRlbmFudF9pZBgHIAEoCSKLAQoOU2Vzc2lvbk1lc3NhZ2USDAoEcm9sZRgBIAEoCRIPCgdjb250ZW50GAIgASgJEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCghtZXRhZGF0YRgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiqQEKBlZlY3RvchIRCgl2ZWN0b3JfaWQYASABKAkSDgoGdmFsdWVzGAIgAygCEg4KBnJlZ2lvbhgDIAEoCRIRCgl0ZW5hbnRfaWQYBCABKAkSKAoHcGF5bG9hZBgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLwoLdXBkYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkgKDFNjb3JlZFZlY3RvchIpCgZ2ZWN0b3IYASABKAsyGS5hZXRlcm5hLm1lbW9yeS52MS5WZWN0b3ISDQoFc2NvcmUYAiABKAIi1QEKB0VwaXNvZGUSEgoKZXBpc29kZV9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEhAKCGFnZW50X2lkGAMgASgJEg8KB2NvbnRlbnQYBCABKAkSEQoJZW1iZWRkaW5nGAUgAygCEikKCG1ldGFkYXRhGAYgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIuCgpvY2N1cl90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgl0ZW5hbnRfaWQYCCABKAliBnByb3RvMw", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ch5hZXRlcm5hL21lbW9yeS92MS9tZW1vcnkucHJvdG8SEWFldGVybmEubWVtb3J5LnYxIugBCgdTZXNzaW9uEhIKCnNlc3Npb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIzCghtZXNzYWdlcxgDIAMoCzIhLmFldGVybmEubWVtb3J5LnYxLlNlc3Npb25NZXNzYWdlEiYKBXN0YXRlGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBI2ChJsYXN0X2FjdGl2aXR5X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGNoZWNrc3VtGAYgASgJEhEKCXRlbmFudF9pZBgHIAEoCSKfAQoOU2Vzc2lvbk1lc3NhZ2USDAoEcm9sZRgBIAEoCRIPCgdjb250ZW50GAIgASgJEi8KC2NyZWF0ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCghtZXRhZGF0YRgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSEgoKbWVzc2FnZV9pZBgFIAEoCSKpAQoGVmVjdG9yEhEKCXZlY3Rvcl9pZBgBIAEoCRIOCgZ2YWx1ZXMYAiADKAISDgoGcmVnaW9uGAMgASgJEhEKCXRlbmFudF9pZBgEIAEoCRIoCgdwYXlsb2FkGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIvCgt1cGRhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSAoMU2NvcmVkVmVjdG9yEikKBnZlY3RvchgBIAEoCzIZLmFldGVybmEubWVtb3J5LnYxLlZlY3RvchINCgVzY29yZRgCIAEoAiLVAQoHRXBpc29kZRISCgplcGlzb2RlX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSEAoIYWdlbnRfaWQYAyABKAkSDwoHY29udGVudBgEIAEoCRIRCgllbWJlZGRpbmcYBSADKAISKQoIbWV0YWRhdGEYBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei4KCm9jY3VyX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXRlbmFudF9pZBgIIAEoCWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Session is one agent conversation as held in session memory: the unit that
@@ -57,8 +57,9 @@ export type Session = Message<"aeterna.memory.v1.Session"> & {
   lastActivityTime?: Timestamp | undefined;
 
   /**
-   * Lower-case hex SHA-256 of the session's canonical encoding (see
-   * docs/sync-protocol.md); central refuses a session whose checksum differs.
+   * Lower-case hex SHA-256 of the session's deterministic protobuf encoding
+   * with `checksum` and `tenant_id` empty; central refuses a session whose
+   * checksum differs.
    *
    * @generated from field: string checksum = 6;
    */
@@ -113,6 +114,15 @@ export type SessionMessage = Message<"aeterna.memory.v1.SessionMessage"> & {
    * @generated from field: google.protobuf.Struct metadata = 4;
    */
   metadata?: JsonObject | undefined;
+
+  /**
+   * Unique id of the turn (a UUID), assigned by the edge when the agent
+   * leaves it empty. Central keeps each id once per session, so a turn that is
+   * resent, or appended at two edges, is never duplicated.
+   *
+   * @generated from field: string message_id = 5;
+   */
+  messageId: string;
 };
 
 /**

@@ -4,19 +4,19 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Episode, ScoredVector, Session, Vector } from "../../memory/v1/memory_pb.js";
+import type { Episode, ScoredVector, Session, SessionMessage, Vector } from "../../memory/v1/memory_pb.js";
 import { file_aeterna_memory_v1_memory } from "../../memory/v1/memory_pb.js";
 import type { Decision } from "../../policy/v1/decision_pb.js";
 import { file_aeterna_policy_v1_decision } from "../../policy/v1/decision_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { Message } from "@bufbuild/protobuf";
+import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { JsonObject, Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file aeterna/sync/v1/sync.proto.
  */
 export const file_aeterna_sync_v1_sync: GenFile = /*@__PURE__*/
-  fileDesc("ChphZXRlcm5hL3N5bmMvdjEvc3luYy5wcm90bxIPYWV0ZXJuYS5zeW5jLnYxIq0BCgtCYXRjaEhlYWRlchIQCghiYXRjaF9pZBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoBBIQCghhZ2VudF9pZBgDIAEoCRIOCgZyZWdpb24YBCABKAkSLQoJc2VudF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglzaWduYXR1cmUYBiABKAwSFgoOZmxvb3Jfc2VxdWVuY2UYByABKAQiPwoLSXRlbUZhaWx1cmUSDwoHaXRlbV9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkSDwoHbWVzc2FnZRgDIAEoCSL1AQoIQmF0Y2hBY2sSEAoIYmF0Y2hfaWQYASABKAkSEAoIc2VxdWVuY2UYAiABKAQSKgoGc3RhdHVzGAMgASgOMhouYWV0ZXJuYS5zeW5jLnYxLkFja1N0YXR1cxIRCglwcm9jZXNzZWQYBCABKA0SDgoGZmFpbGVkGAUgASgNEi4KCGZhaWx1cmVzGAYgAygLMhwuYWV0ZXJuYS5zeW5jLnYxLkl0ZW1GYWlsdXJlEjIKDm5leHRfc3luY190aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpjaGVja3BvaW50GAggASgEInEKE1N5bmNTZXNzaW9uc1JlcXVlc3QSLAoGaGVhZGVyGAEgASgLMhwuYWV0ZXJuYS5zeW5jLnYxLkJhdGNoSGVhZGVyEiwKCHNlc3Npb25zGAIgAygLMhouYWV0ZXJuYS5tZW1vcnkudjEuU2Vzc2lvbiI+ChRTeW5jU2Vzc2lvbnNSZXNwb25zZRImCgNhY2sYASABKAsyGS5hZXRlcm5hLnN5bmMudjEuQmF0Y2hBY2sibgoSU3luY1ZlY3RvcnNSZXF1ZXN0EiwKBmhlYWRlchgBIAEoCzIcLmFldGVybmEuc3luYy52MS5CYXRjaEhlYWRlchIqCgd2ZWN0b3JzGAIgAygLMhkuYWV0ZXJuYS5tZW1vcnkudjEuVmVjdG9yIj0KE1N5bmNWZWN0b3JzUmVzcG9uc2USJgoDYWNrGAEgASgLMhkuYWV0ZXJuYS5zeW5jLnYxLkJhdGNoQWNrIkMKDFZlY3RvckZpbHRlchIXCg9leGNsdWRlX3JlZ2lvbnMYASADKAkSGgoSZXhjbHVkZV92ZWN0b3JfaWRzGAIgAygJIoABChRTZWFyY2hWZWN0b3JzUmVxdWVzdBIRCgllbWJlZGRpbmcYASADKAISDQoFbGltaXQYAiABKAUSFwoPc2NvcmVfdGhyZXNob2xkGAMgASgCEi0KBmZpbHRlchgEIAEoCzIdLmFldGVybmEuc3luYy52MS5WZWN0b3JGaWx0ZXIiSQoVU2VhcmNoVmVjdG9yc1Jlc3BvbnNlEjAKB3Jlc3VsdHMYASADKAsyHy5hZXRlcm5hLm1lbW9yeS52MS5TY29yZWRWZWN0b3IijAEKDkRlY2lzaW9uUmVzdWx0EhMKC2RlY2lzaW9uX2lkGAEgASgJEi8KB291dGNvbWUYAiABKA4yHi5hZXRlcm5hLnN5bmMudjEuUmVwbGF5T3V0Y29tZRIfChdjb25mbGljdGluZ19kZWNpc2lvbl9pZBgDIAEoCRITCgtjb25mbGljdF9pZBgEIAEoCSJ2ChZSZXBsYXlEZWNpc2lvbnNSZXF1ZXN0EiwKBmhlYWRlchgBIAEoCzIcLmFldGVybmEuc3luYy52MS5CYXRjaEhlYWRlchIuCglkZWNpc2lvbnMYAiADKAsyGy5hZXRlcm5hLnBvbGljeS52MS5EZWNpc2lvbiJzChdSZXBsYXlEZWNpc2lvbnNSZXNwb25zZRImCgNhY2sYASABKAsyGS5hZXRlcm5hLnN5bmMudjEuQmF0Y2hBY2sSMAoHcmVzdWx0cxgCIAMoCzIfLmFldGVybmEuc3luYy52MS5EZWNpc2lvblJlc3VsdCInChFHZXRTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIoIBChJHZXRTZXNzaW9uUmVzcG9uc2USKwoHc2Vzc2lvbhgBIAEoCzIaLmFldGVybmEubWVtb3J5LnYxLlNlc3Npb24SEAoIYWdlbnRfaWQYAiABKAkSLQoJc3luY190aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJzChVBcHBlbmRFcGlzb2Rlc1JlcXVlc3QSLAoGaGVhZGVyGAEgASgLMhwuYWV0ZXJuYS5zeW5jLnYxLkJhdGNoSGVhZGVyEiwKCGVwaXNvZGVzGAIgAygLMhouYWV0ZXJuYS5tZW1vcnkudjEuRXBpc29kZSJAChZBcHBlbmRFcGlzb2Rlc1Jlc3BvbnNlEiYKA2FjaxgBIAEoCzIZLmFldGVybmEuc3luYy52MS5CYXRjaEFjayLAAQoTTGlzdEVwaXNvZGVzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEi4KCnN0YXJ0X3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYWdlX3NpemUYBSABKAUSEgoKcGFnZV90b2tlbhgGIAEoCSJdChRMaXN0RXBpc29kZXNSZXNwb25zZRIsCghlcGlzb2RlcxgBIAMoCzIaLmFldGVybmEubWVtb3J5LnYxLkVwaXNvZGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIhoKGEdldFN5bmNDaGVja3BvaW50UmVxdWVzdCJUChFDaGFubmVsQ2hlY2twb2ludBItCgdjaGFubmVsGAEgASgOMhwuYWV0ZXJuYS5zeW5jLnYxLlN5bmNDaGFubmVsEhAKCHNlcXVlbmNlGAIgASgEIlQKGUdldFN5bmNDaGVja3BvaW50UmVzcG9uc2USNwoLY2hlY2twb2ludHMYASADKAsyIi5hZXRlcm5hLnN5bmMudjEuQ2hhbm5lbENoZWNrcG9pbnQi8AIKCENvbmZsaWN0EhMKC2NvbmZsaWN0X2lkGAEgASgJEjIKDWVkZ2VfZGVjaXNpb24YAiABKAsyGy5hZXRlcm5hLnBvbGljeS52MS5EZWNpc2lvbhI1ChBjZW50cmFsX2RlY2lzaW9uGAMgASgLMhsuYWV0ZXJuYS5wb2xpY3kudjEuRGVjaXNpb24SLQoFc3RhdGUYBCABKA4yHi5hZXRlcm5hLnN5bmMudjEuQ29uZmxpY3RTdGF0ZRIvCgpyZXNvbHV0aW9uGAUgASgOMhsuYWV0ZXJuYS5zeW5jLnYxLlJlc29sdXRpb24SEwoLcmVzb2x2ZWRfYnkYBiABKAkSMAoMcmVzb2x2ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEbm90ZRgJIAEoCSJsChRMaXN0Q29uZmxpY3RzUmVxdWVzdBItCgVzdGF0ZRgBIAEoDjIeLmFldGVybmEuc3luYy52MS5Db25mbGljdFN0YXRlEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIl4KFUxpc3RDb25mbGljdHNSZXNwb25zZRIsCgljb25mbGljdHMYASADKAsyGS5hZXRlcm5hLnN5bmMudjEuQ29uZmxpY3QSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImwKFlJlc29sdmVDb25mbGljdFJlcXVlc3QSEwoLY29uZmxpY3RfaWQYASABKAkSLwoKcmVzb2x1dGlvbhgCIAEoDjIbLmFldGVybmEuc3luYy52MS5SZXNvbHV0aW9uEgwKBG5vdGUYAyABKAkiRgoXUmVzb2x2ZUNvbmZsaWN0UmVzcG9uc2USKwoIY29uZmxpY3QYASABKAsyGS5hZXRlcm5hLnN5bmMudjEuQ29uZmxpY3QiKAoWQW5ub3VuY2VPZmZsaW5lUmVxdWVzdBIOCgZyZWFzb24YASABKAkiGQoXQW5ub3VuY2VPZmZsaW5lUmVzcG9uc2Ui0gEKCEVkZ2VJbmZvEhAKCGFnZW50X2lkGAEgASgJEg4KBnJlZ2lvbhgCIAEoCRIRCgl0ZW5hbnRfaWQYAyABKAkSKQoFc3RhdGUYBCABKA4yGi5hZXRlcm5hLnN5bmMudjEuRWRnZVN0YXRlEjIKDmxhc3Rfc3luY190aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3NlZW5fdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOQoQTGlzdEVkZ2VzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJWChFMaXN0RWRnZXNSZXNwb25zZRIoCgVlZGdlcxgBIAMoCzIZLmFldGVybmEuc3luYy52MS5FZGdlSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqlwEKC1N5bmNDaGFubmVsEhwKGFNZTkNfQ0hBTk5FTF9VTlNQRUNJRklFRBAAEhkKFVNZTkNfQ0hBTk5FTF9TRVNTSU9OUxABEhgKFFNZTkNfQ0hBTk5FTF9WRUNUT1JTEAISGgoWU1lOQ19DSEFOTkVMX0RFQ0lTSU9OUxADEhkKFVNZTkNfQ0hBTk5FTF9FUElTT0RFUxAEKnIKCUFja1N0YXR1cxIaChZBQ0tfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFwoTQUNLX1NUQVRVU19BQ0NFUFRFRBABEhYKEkFDS19TVEFUVVNfUEFSVElBTBACEhgKFEFDS19TVEFUVVNfRFVQTElDQVRFEAMqxgEKDVJlcGxheU91dGNvbWUSHgoaUkVQTEFZX09VVENPTUVfVU5TUEVDSUZJRUQQABIaChZSRVBMQVlfT1VUQ09NRV9BUFBMSUVEEAESHQoZUkVQTEFZX09VVENPTUVfU1VQRVJTRURFRBACEhsKF1JFUExBWV9PVVRDT01FX1JFSkVDVEVEEAMSHwobUkVQTEFZX09VVENPTUVfTkVFRFNfUkVWSUVXEAQSHAoYUkVQTEFZX09VVENPTUVfRFVQTElDQVRFEAUqaAoNQ29uZmxpY3RTdGF0ZRIeChpDT05GTElDVF9TVEFURV9VTlNQRUNJRklFRBAAEhoKFkNPTkZMSUNUX1NUQVRFX1BFTkRJTkcQARIbChdDT05GTElDVF9TVEFURV9SRVNPTFZFRBACKl8KClJlc29sdXRpb24SGgoWUkVTT0xVVElPTl9VTlNQRUNJRklFRBAAEhgKFFJFU09MVVRJT05fS0VFUF9FREdFEAESGwoXUkVTT0xVVElPTl9LRUVQX0NFTlRSQUwQAipvCglFZGdlU3RhdGUSGgoWRURHRV9TVEFURV9VTlNQRUNJRklFRBAAEhUKEUVER0VfU1RBVEVfT05MSU5FEAESFgoSRURHRV9TVEFURV9PRkZMSU5FEAISFwoTRURHRV9TVEFURV9ERVBBUlRFRBADMscJCgtTeW5jU2VydmljZRJfCgxTeW5jU2Vzc2lvbnMSJC5hZXRlcm5hLnN5bmMudjEuU3luY1Nlc3Npb25zUmVxdWVzdBolLmFldGVybmEuc3luYy52MS5TeW5jU2Vzc2lvbnNSZXNwb25zZSgBMAESXAoLU3luY1ZlY3RvcnMSIy5hZXRlcm5hLnN5bmMudjEuU3luY1ZlY3RvcnNSZXF1ZXN0GiQuYWV0ZXJuYS5zeW5jLnYxLlN5bmNWZWN0b3JzUmVzcG9uc2UoATABEmMKDVNlYXJjaFZlY3RvcnMSJS5hZXRlcm5hLnN5bmMudjEuU2VhcmNoVmVjdG9yc1JlcXVlc3QaJi5hZXRlcm5hLnN5bmMudjEuU2VhcmNoVmVjdG9yc1Jlc3BvbnNlIgOQAgESaQoPUmVwbGF5RGVjaXNpb25zEicuYWV0ZXJuYS5zeW5jLnYxLlJlcGxheURlY2lzaW9uc1JlcXVlc3QaKC5hZXRlcm5hLnN5bmMudjEuUmVwbGF5RGVjaXNpb25zUmVzcG9uc2UiA5ACAhJaCgpHZXRTZXNzaW9uEiIuYWV0ZXJuYS5zeW5jLnYxLkdldFNlc3Npb25SZXF1ZXN0GiMuYWV0ZXJuYS5zeW5jLnYxLkdldFNlc3Npb25SZXNwb25zZSIDkAIBEmYKDkFwcGVuZEVwaXNvZGVzEiYuYWV0ZXJuYS5zeW5jLnYxLkFwcGVuZEVwaXNvZGVzUmVxdWVzdBonLmFldGVybmEuc3luYy52MS5BcHBlbmRFcGlzb2Rlc1Jlc3BvbnNlIgOQAgISYAoMTGlzdEVwaXNvZGVzEiQuYWV0ZXJuYS5zeW5jLnYxLkxpc3RFcGlzb2Rlc1JlcXVlc3QaJS5hZXRlcm5hLnN5bmMudjEuTGlzdEVwaXNvZGVzUmVzcG9uc2UiA5ACARJvChFHZXRTeW5jQ2hlY2twb2ludBIpLmFldGVybmEuc3luYy52MS5HZXRTeW5jQ2hlY2twb2ludFJlcXVlc3QaKi5hZXRlcm5hLnN5bmMudjEuR2V0U3luY0NoZWNrcG9pbnRSZXNwb25zZSIDkAIBEmMKDUxpc3RDb25mbGljdHMSJS5hZXRlcm5hLnN5bmMudjEuTGlzdENvbmZsaWN0c1JlcXVlc3QaJi5hZXRlcm5hLnN5bmMudjEuTGlzdENvbmZsaWN0c1Jlc3BvbnNlIgOQAgESaQoPUmVzb2x2ZUNvbmZsaWN0EicuYWV0ZXJuYS5zeW5jLnYxLlJlc29sdmVDb25mbGljdFJlcXVlc3QaKC5hZXRlcm5hLnN5bmMudjEuUmVzb2x2ZUNvbmZsaWN0UmVzcG9uc2UiA5ACAhJpCg9Bbm5vdW5jZU9mZmxpbmUSJy5hZXRlcm5hLnN5bmMudjEuQW5ub3VuY2VPZmZsaW5lUmVxdWVzdBooLmFldGVybmEuc3luYy52MS5Bbm5vdW5jZU9mZmxpbmVSZXNwb25zZSIDkAICElcKCUxpc3RFZGdlcxIhLmFldGVybmEuc3luYy52MS5MaXN0RWRnZXNSZXF1ZXN0GiIuYWV0ZXJuYS5zeW5jLnYxLkxpc3RFZGdlc1Jlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_aeterna_memory_v1_memory, file_aeterna_policy_v1_decision, file_google_protobuf_timestamp]);
+  fileDesc("ChphZXRlcm5hL3N5bmMvdjEvc3luYy5wcm90bxIPYWV0ZXJuYS5zeW5jLnYxIsUBCgtCYXRjaEhlYWRlchIQCghiYXRjaF9pZBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoBBIQCghhZ2VudF9pZBgDIAEoCRIOCgZyZWdpb24YBCABKAkSLQoJc2VudF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglzaWduYXR1cmUYBiABKAwSFgoOZmxvb3Jfc2VxdWVuY2UYByABKAQSFgoOaW5jYXJuYXRpb25faWQYCCABKAkiPwoLSXRlbUZhaWx1cmUSDwoHaXRlbV9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkSDwoHbWVzc2FnZRgDIAEoCSL1AQoIQmF0Y2hBY2sSEAoIYmF0Y2hfaWQYASABKAkSEAoIc2VxdWVuY2UYAiABKAQSKgoGc3RhdHVzGAMgASgOMhouYWV0ZXJuYS5zeW5jLnYxLkFja1N0YXR1cxIRCglwcm9jZXNzZWQYBCABKA0SDgoGZmFpbGVkGAUgASgNEi4KCGZhaWx1cmVzGAYgAygLMhwuYWV0ZXJuYS5zeW5jLnYxLkl0ZW1GYWlsdXJlEjIKDm5leHRfc3luY190aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpjaGVja3BvaW50GAggASgEIqIBChNTeW5jU2Vzc2lvbnNSZXF1ZXN0EiwKBmhlYWRlchgBIAEoCzIcLmFldGVybmEuc3luYy52MS5CYXRjaEhlYWRlchIsCghzZXNzaW9ucxgCIAMoCzIaLmFldGVybmEubWVtb3J5LnYxLlNlc3Npb24SLwoHYXBwZW5kcxgDIAMoCzIeLmFldGVybmEuc3luYy52MS5TZXNzaW9uQXBwZW5kIvQBCg1TZXNzaW9uQXBwZW5kEhIKCnNlc3Npb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIzCghtZXNzYWdlcxgDIAMoCzIhLmFldGVybmEubWVtb3J5LnYxLlNlc3Npb25NZXNzYWdlEiwKC3N0YXRlX3BhdGNoGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBI2ChJsYXN0X2FjdGl2aXR5X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGNoZWNrc3VtGAYgASgJEhEKCXRlbmFudF9pZBgHIAEoCSI+ChRTeW5jU2Vzc2lvbnNSZXNwb25zZRImCgNhY2sYASABKAsyGS5hZXRlcm5hLnN5bmMudjEuQmF0Y2hBY2sibgoSU3luY1ZlY3RvcnNSZXF1ZXN0EiwKBmhlYWRlchgBIAEoCzIcLmFldGVybmEuc3luYy52MS5CYXRjaEhlYWRlchIqCgd2ZWN0b3JzGAIgAygLMhkuYWV0ZXJuYS5tZW1vcnkudjEuVmVjdG9yIj0KE1N5bmNWZWN0b3JzUmVzcG9uc2USJgoDYWNrGAEgASgLMhkuYWV0ZXJuYS5zeW5jLnYxLkJhdGNoQWNrIkMKDFZlY3RvckZpbHRlchIXCg9leGNsdWRlX3JlZ2lvbnMYASADKAkSGgoSZXhjbHVkZV92ZWN0b3JfaWRzGAIgAygJIoABChRTZWFyY2hWZWN0b3JzUmVxdWVzdBIRCgllbWJlZGRpbmcYASADKAISDQoFbGltaXQYAiABKAUSFwoPc2NvcmVfdGhyZXNob2xkGAMgASgCEi0KBmZpbHRlchgEIAEoCzIdLmFldGVybmEuc3luYy52MS5WZWN0b3JGaWx0ZXIiSQoVU2VhcmNoVmVjdG9yc1Jlc3BvbnNlEjAKB3Jlc3VsdHMYASADKAsyHy5hZXRlcm5hLm1lbW9yeS52MS5TY29yZWRWZWN0b3IijAEKDkRlY2lzaW9uUmVzdWx0EhMKC2RlY2lzaW9uX2lkGAEgASgJEi8KB291dGNvbWUYAiABKA4yHi5hZXRlcm5hLnN5bmMudjEuUmVwbGF5T3V0Y29tZRIfChdjb25mbGljdGluZ19kZWNpc2lvbl9pZBgDIAEoCRITCgtjb25mbGljdF9pZBgEIAEoCSJ2ChZSZXBsYXlEZWNpc2lvbnNSZXF1ZXN0EiwKBmhlYWRlchgBIAEoCzIcLmFldGVybmEuc3luYy52MS5CYXRjaEhlYWRlchIuCglkZWNpc2lvbnMYAiADKAsyGy5hZXRlcm5hLnBvbGljeS52MS5EZWNpc2lvbiJzChdSZXBsYXlEZWNpc2lvbnNSZXNwb25zZRImCgNhY2sYASABKAsyGS5hZXRlcm5hLnN5bmMudjEuQmF0Y2hBY2sSMAoHcmVzdWx0cxgCIAMoCzIfLmFldGVybmEuc3luYy52MS5EZWNpc2lvblJlc3VsdCInChFHZXRTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIoIBChJHZXRTZXNzaW9uUmVzcG9uc2USKwoHc2Vzc2lvbhgBIAEoCzIaLmFldGVybmEubWVtb3J5LnYxLlNlc3Npb24SEAoIYWdlbnRfaWQYAiABKAkSLQoJc3luY190aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJzChVBcHBlbmRFcGlzb2Rlc1JlcXVlc3QSLAoGaGVhZGVyGAEgASgLMhwuYWV0ZXJuYS5zeW5jLnYxLkJhdGNoSGVhZGVyEiwKCGVwaXNvZGVzGAIgAygLMhouYWV0ZXJuYS5tZW1vcnkudjEuRXBpc29kZSJAChZBcHBlbmRFcGlzb2Rlc1Jlc3BvbnNlEiYKA2FjaxgBIAEoCzIZLmFldGVybmEuc3luYy52MS5CYXRjaEFjayLAAQoTTGlzdEVwaXNvZGVzUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEi4KCnN0YXJ0X3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYWdlX3NpemUYBSABKAUSEgoKcGFnZV90b2tlbhgGIAEoCSJdChRMaXN0RXBpc29kZXNSZXNwb25zZRIsCghlcGlzb2RlcxgBIAMoCzIaLmFldGVybmEubWVtb3J5LnYxLkVwaXNvZGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjIKGEdldFN5bmNDaGVja3BvaW50UmVxdWVzdBIWCg5pbmNhcm5hdGlvbl9pZBgBIAEoCSJUChFDaGFubmVsQ2hlY2twb2ludBItCgdjaGFubmVsGAEgASgOMhwuYWV0ZXJuYS5zeW5jLnYxLlN5bmNDaGFubmVsEhAKCHNlcXVlbmNlGAIgASgEIlQKGUdldFN5bmNDaGVja3BvaW50UmVzcG9uc2USNwoLY2hlY2twb2ludHMYASADKAsyIi5hZXRlcm5hLnN5bmMudjEuQ2hhbm5lbENoZWNrcG9pbnQi8AIKCENvbmZsaWN0EhMKC2NvbmZsaWN0X2lkGAEgASgJEjIKDWVkZ2VfZGVjaXNpb24YAiABKAsyGy5hZXRlcm5hLnBvbGljeS52MS5EZWNpc2lvbhI1ChBjZW50cmFsX2RlY2lzaW9uGAMgASgLMhsuYWV0ZXJuYS5wb2xpY3kudjEuRGVjaXNpb24SLQoFc3RhdGUYBCABKA4yHi5hZXRlcm5hLnN5bmMudjEuQ29uZmxpY3RTdGF0ZRIvCgpyZXNvbHV0aW9uGAUgASgOMhsuYWV0ZXJuYS5zeW5jLnYxLlJlc29sdXRpb24SEwoLcmVzb2x2ZWRfYnkYBiABKAkSMAoMcmVzb2x2ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEbm90ZRgJIAEoCSJsChRMaXN0Q29uZmxpY3RzUmVxdWVzdBItCgVzdGF0ZRgBIAEoDjIeLmFldGVybmEuc3luYy52MS5Db25mbGljdFN0YXRlEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIl4KFUxpc3RDb25mbGljdHNSZXNwb25zZRIsCgljb25mbGljdHMYASADKAsyGS5hZXRlcm5hLnN5bmMudjEuQ29uZmxpY3QSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImwKFlJlc29sdmVDb25mbGljdFJlcXVlc3QSEwoLY29uZmxpY3RfaWQYASABKAkSLwoKcmVzb2x1dGlvbhgCIAEoDjIbLmFldGVybmEuc3luYy52MS5SZXNvbHV0aW9uEgwKBG5vdGUYAyABKAkiRgoXUmVzb2x2ZUNvbmZsaWN0UmVzcG9uc2USKwoIY29uZmxpY3QYASABKAsyGS5hZXRlcm5hLnN5bmMudjEuQ29uZmxpY3QiKAoWQW5ub3VuY2VPZmZsaW5lUmVxdWVzdBIOCgZyZWFzb24YASABKAkiGQoXQW5ub3VuY2VPZmZsaW5lUmVzcG9uc2UiwQIKCEVkZ2VJbmZvEhAKCGFnZW50X2lkGAEgASgJEg4KBnJlZ2lvbhgCIAEoCRIRCgl0ZW5hbnRfaWQYAyABKAkSKQoFc3RhdGUYBCABKA4yGi5hZXRlcm5hLnN5bmMudjEuRWRnZVN0YXRlEjIKDmxhc3Rfc3luY190aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3NlZW5fdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOaW5jYXJuYXRpb25faWQYByABKAkSOgoWaW5jYXJuYXRpb25fc3RhcnRfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGQoRaW5jYXJuYXRpb25fY291bnQYCSABKA0iOQoQTGlzdEVkZ2VzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJWChFMaXN0RWRnZXNSZXNwb25zZRIoCgVlZGdlcxgBIAMoCzIZLmFldGVybmEuc3luYy52MS5FZGdlSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqlwEKC1N5bmNDaGFubmVsEhwKGFNZTkNfQ0hBTk5FTF9VTlNQRUNJRklFRBAAEhkKFVNZTkNfQ0hBTk5FTF9TRVNTSU9OUxABEhgKFFNZTkNfQ0hBTk5FTF9WRUNUT1JTEAISGgoWU1lOQ19DSEFOTkVMX0RFQ0lTSU9OUxADEhkKFVNZTkNfQ0hBTk5FTF9FUElTT0RFUxAEKnIKCUFja1N0YXR1cxIaChZBQ0tfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFwoTQUNLX1NUQVRVU19BQ0NFUFRFRBABEhYKEkFDS19TVEFUVVNfUEFSVElBTBACEhgKFEFDS19TVEFUVVNfRFVQTElDQVRFEAMqxgEKDVJlcGxheU91dGNvbWUSHgoaUkVQTEFZX09VVENPTUVfVU5TUEVDSUZJRUQQABIaChZSRVBMQVlfT1VUQ09NRV9BUFBMSUVEEAESHQoZUkVQTEFZX09VVENPTUVfU1VQRVJTRURFRBACEhsKF1JFUExBWV9PVVRDT01FX1JFSkVDVEVEEAMSHwobUkVQTEFZX09VVENPTUVfTkVFRFNfUkVWSUVXEAQSHAoYUkVQTEFZX09VVENPTUVfRFVQTElDQVRFEAUqaAoNQ29uZmxpY3RTdGF0ZRIeChpDT05GTElDVF9TVEFURV9VTlNQRUNJRklFRBAAEhoKFkNPTkZMSUNUX1NUQVRFX1BFTkRJTkcQARIbChdDT05GTElDVF9TVEFURV9SRVNPTFZFRBACKl8KClJlc29sdXRpb24SGgoWUkVTT0xVVElPTl9VTlNQRUNJRklFRBAAEhgKFFJFU09MVVRJT05fS0VFUF9FREdFEAESGwoXUkVTT0xVVElPTl9LRUVQX0NFTlRSQUwQAipvCglFZGdlU3RhdGUSGgoWRURHRV9TVEFURV9VTlNQRUNJRklFRBAAEhUKEUVER0VfU1RBVEVfT05MSU5FEAESFgoSRURHRV9TVEFURV9PRkZMSU5FEAISFwoTRURHRV9TVEFURV9ERVBBUlRFRBADMscJCgtTeW5jU2VydmljZRJfCgxTeW5jU2Vzc2lvbnMSJC5hZXRlcm5hLnN5bmMudjEuU3luY1Nlc3Npb25zUmVxdWVzdBolLmFldGVybmEuc3luYy52MS5TeW5jU2Vzc2lvbnNSZXNwb25zZSgBMAESXAoLU3luY1ZlY3RvcnMSIy5hZXRlcm5hLnN5bmMudjEuU3luY1ZlY3RvcnNSZXF1ZXN0GiQuYWV0ZXJuYS5zeW5jLnYxLlN5bmNWZWN0b3JzUmVzcG9uc2UoATABEmMKDVNlYXJjaFZlY3RvcnMSJS5hZXRlcm5hLnN5bmMudjEuU2VhcmNoVmVjdG9yc1JlcXVlc3QaJi5hZXRlcm5hLnN5bmMudjEuU2VhcmNoVmVjdG9yc1Jlc3BvbnNlIgOQAgESaQoPUmVwbGF5RGVjaXNpb25zEicuYWV0ZXJuYS5zeW5jLnYxLlJlcGxheURlY2lzaW9uc1JlcXVlc3QaKC5hZXRlcm5hLnN5bmMudjEuUmVwbGF5RGVjaXNpb25zUmVzcG9uc2UiA5ACAhJaCgpHZXRTZXNzaW9uEiIuYWV0ZXJuYS5zeW5jLnYxLkdldFNlc3Npb25SZXF1ZXN0GiMuYWV0ZXJuYS5zeW5jLnYxLkdldFNlc3Npb25SZXNwb25zZSIDkAIBEmYKDkFwcGVuZEVwaXNvZGVzEiYuYWV0ZXJuYS5zeW5jLnYxLkFwcGVuZEVwaXNvZGVzUmVxdWVzdBonLmFldGVybmEuc3luYy52MS5BcHBlbmRFcGlzb2Rlc1Jlc3BvbnNlIgOQAgISYAoMTGlzdEVwaXNvZGVzEiQuYWV0ZXJuYS5zeW5jLnYxLkxpc3RFcGlzb2Rlc1JlcXVlc3QaJS5hZXRlcm5hLnN5bmMudjEuTGlzdEVwaXNvZGVzUmVzcG9uc2UiA5ACARJvChFHZXRTeW5jQ2hlY2twb2ludBIpLmFldGVybmEuc3luYy52MS5HZXRTeW5jQ2hlY2twb2ludFJlcXVlc3QaKi5hZXRlcm5hLnN5bmMudjEuR2V0U3luY0NoZWNrcG9pbnRSZXNwb25zZSIDkAIBEmMKDUxpc3RDb25mbGljdHMSJS5hZXRlcm5hLnN5bmMudjEuTGlzdENvbmZsaWN0c1JlcXVlc3QaJi5hZXRlcm5hLnN5bmMudjEuTGlzdENvbmZsaWN0c1Jlc3BvbnNlIgOQAgESaQoPUmVzb2x2ZUNvbmZsaWN0EicuYWV0ZXJuYS5zeW5jLnYxLlJlc29sdmVDb25mbGljdFJlcXVlc3QaKC5hZXRlcm5hLnN5bmMudjEuUmVzb2x2ZUNvbmZsaWN0UmVzcG9uc2UiA5ACAhJpCg9Bbm5vdW5jZU9mZmxpbmUSJy5hZXRlcm5hLnN5bmMudjEuQW5ub3VuY2VPZmZsaW5lUmVxdWVzdBooLmFldGVybmEuc3luYy52MS5Bbm5vdW5jZU9mZmxpbmVSZXNwb25zZSIDkAICElcKCUxpc3RFZGdlcxIhLmFldGVybmEuc3luYy52MS5MaXN0RWRnZXNSZXF1ZXN0GiIuYWV0ZXJuYS5zeW5jLnYxLkxpc3RFZGdlc1Jlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_aeterna_memory_v1_memory, file_aeterna_policy_v1_decision, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * BatchHeader identifies and authenticates one batch of any channel.
@@ -80,6 +80,18 @@ export type BatchHeader = Message<"aeterna.sync.v1.BatchHeader"> & {
    * @generated from field: uint64 floor_sequence = 7;
    */
   floorSequence: bigint;
+
+  /**
+   * Identity of the edge's local state (a UUID made when the edge's data
+   * directory was created). Sequences count within one incarnation: an edge
+   * restarted on an empty data directory with the same agent id is a new
+   * incarnation that starts again at sequence 1, and central keeps its
+   * checkpoints apart, so its batches are never mistaken for ones already
+   * applied. Empty: the edge predates incarnations.
+   *
+   * @generated from field: string incarnation_id = 8;
+   */
+  incarnationId: string;
 };
 
 /**
@@ -210,11 +222,21 @@ export type SyncSessionsRequest = Message<"aeterna.sync.v1.SyncSessionsRequest">
   header?: BatchHeader | undefined;
 
   /**
-   * The sessions, at most `sync.batch.maxSize` of them.
+   * Whole sessions, each replacing the session central holds when its
+   * `last_activity_time` is newer (written by PutSession at the edge).
    *
    * @generated from field: repeated aeterna.memory.v1.Session sessions = 2;
    */
   sessions: Session[];
+
+  /**
+   * Changes of sessions that were only appended to since the edge's last
+   * sync; central merges them into what it holds. `sessions` and `appends`
+   * together hold at most `sync.batch.maxSize` items, one per session.
+   *
+   * @generated from field: repeated aeterna.sync.v1.SessionAppend appends = 3;
+   */
+  appends: SessionAppend[];
 };
 
 /**
@@ -223,6 +245,75 @@ export type SyncSessionsRequest = Message<"aeterna.sync.v1.SyncSessionsRequest">
  */
 export const SyncSessionsRequestSchema: GenMessage<SyncSessionsRequest> = /*@__PURE__*/
   messageDesc(file_aeterna_sync_v1_sync, 3);
+
+/**
+ * SessionAppend is what changed in one session since the edge last synced
+ * it, when the session was only appended to: the new turns and the state keys
+ * that were set. Central merges it: each turn is stored once per session (by
+ * `message_id`), after the turns it already holds and in the order sent, and
+ * each state key overwrites the one held. An append to a session central does
+ * not hold yet starts it. Appends from several edges to one session all land.
+ *
+ * @generated from message aeterna.sync.v1.SessionAppend
+ */
+export type SessionAppend = Message<"aeterna.sync.v1.SessionAppend"> & {
+  /**
+   * The session the turns belong to.
+   *
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * The end user of the session; used when the append starts the session.
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * The new turns, oldest first; every one has a `message_id`.
+   *
+   * @generated from field: repeated aeterna.memory.v1.SessionMessage messages = 3;
+   */
+  messages: SessionMessage[];
+
+  /**
+   * State keys set since the last sync (a shallow merge into the state).
+   *
+   * @generated from field: google.protobuf.Struct state_patch = 4;
+   */
+  statePatch?: JsonObject | undefined;
+
+  /**
+   * When the session last changed at the edge.
+   *
+   * @generated from field: google.protobuf.Timestamp last_activity_time = 5;
+   */
+  lastActivityTime?: Timestamp | undefined;
+
+  /**
+   * Lower-case hex SHA-256 of this message's deterministic protobuf encoding
+   * with `checksum` and `tenant_id` empty.
+   *
+   * @generated from field: string checksum = 6;
+   */
+  checksum: string;
+
+  /**
+   * Tenant that owns the session, set by the edge from the caller's credential.
+   *
+   * @generated from field: string tenant_id = 7;
+   */
+  tenantId: string;
+};
+
+/**
+ * Describes the message aeterna.sync.v1.SessionAppend.
+ * Use `create(SessionAppendSchema)` to create a new message.
+ */
+export const SessionAppendSchema: GenMessage<SessionAppend> = /*@__PURE__*/
+  messageDesc(file_aeterna_sync_v1_sync, 4);
 
 /**
  * SyncSessionsResponse acknowledges one session batch.
@@ -243,7 +334,7 @@ export type SyncSessionsResponse = Message<"aeterna.sync.v1.SyncSessionsResponse
  * Use `create(SyncSessionsResponseSchema)` to create a new message.
  */
 export const SyncSessionsResponseSchema: GenMessage<SyncSessionsResponse> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 4);
+  messageDesc(file_aeterna_sync_v1_sync, 5);
 
 /**
  * SyncVectorsRequest is one signed batch of vectors.
@@ -271,7 +362,7 @@ export type SyncVectorsRequest = Message<"aeterna.sync.v1.SyncVectorsRequest"> &
  * Use `create(SyncVectorsRequestSchema)` to create a new message.
  */
 export const SyncVectorsRequestSchema: GenMessage<SyncVectorsRequest> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 5);
+  messageDesc(file_aeterna_sync_v1_sync, 6);
 
 /**
  * SyncVectorsResponse acknowledges one vector batch.
@@ -292,7 +383,7 @@ export type SyncVectorsResponse = Message<"aeterna.sync.v1.SyncVectorsResponse">
  * Use `create(SyncVectorsResponseSchema)` to create a new message.
  */
 export const SyncVectorsResponseSchema: GenMessage<SyncVectorsResponse> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 6);
+  messageDesc(file_aeterna_sync_v1_sync, 7);
 
 /**
  * VectorFilter narrows a vector search.
@@ -320,7 +411,7 @@ export type VectorFilter = Message<"aeterna.sync.v1.VectorFilter"> & {
  * Use `create(VectorFilterSchema)` to create a new message.
  */
 export const VectorFilterSchema: GenMessage<VectorFilter> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 7);
+  messageDesc(file_aeterna_sync_v1_sync, 8);
 
 /**
  * SearchVectorsRequest is a nearest-neighbour query by cosine similarity.
@@ -362,7 +453,7 @@ export type SearchVectorsRequest = Message<"aeterna.sync.v1.SearchVectorsRequest
  * Use `create(SearchVectorsRequestSchema)` to create a new message.
  */
 export const SearchVectorsRequestSchema: GenMessage<SearchVectorsRequest> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 8);
+  messageDesc(file_aeterna_sync_v1_sync, 9);
 
 /**
  * SearchVectorsResponse returns hits, best first.
@@ -383,7 +474,7 @@ export type SearchVectorsResponse = Message<"aeterna.sync.v1.SearchVectorsRespon
  * Use `create(SearchVectorsResponseSchema)` to create a new message.
  */
 export const SearchVectorsResponseSchema: GenMessage<SearchVectorsResponse> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 9);
+  messageDesc(file_aeterna_sync_v1_sync, 10);
 
 /**
  * DecisionResult is central's verdict on one replayed decision.
@@ -425,7 +516,7 @@ export type DecisionResult = Message<"aeterna.sync.v1.DecisionResult"> & {
  * Use `create(DecisionResultSchema)` to create a new message.
  */
 export const DecisionResultSchema: GenMessage<DecisionResult> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 10);
+  messageDesc(file_aeterna_sync_v1_sync, 11);
 
 /**
  * ReplayDecisionsRequest is one signed batch of decisions.
@@ -453,7 +544,7 @@ export type ReplayDecisionsRequest = Message<"aeterna.sync.v1.ReplayDecisionsReq
  * Use `create(ReplayDecisionsRequestSchema)` to create a new message.
  */
 export const ReplayDecisionsRequestSchema: GenMessage<ReplayDecisionsRequest> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 11);
+  messageDesc(file_aeterna_sync_v1_sync, 12);
 
 /**
  * ReplayDecisionsResponse acknowledges a decision batch.
@@ -481,7 +572,7 @@ export type ReplayDecisionsResponse = Message<"aeterna.sync.v1.ReplayDecisionsRe
  * Use `create(ReplayDecisionsResponseSchema)` to create a new message.
  */
 export const ReplayDecisionsResponseSchema: GenMessage<ReplayDecisionsResponse> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 12);
+  messageDesc(file_aeterna_sync_v1_sync, 13);
 
 /**
  * GetSessionRequest reads one session.
@@ -502,7 +593,7 @@ export type GetSessionRequest = Message<"aeterna.sync.v1.GetSessionRequest"> & {
  * Use `create(GetSessionRequestSchema)` to create a new message.
  */
 export const GetSessionRequestSchema: GenMessage<GetSessionRequest> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 13);
+  messageDesc(file_aeterna_sync_v1_sync, 14);
 
 /**
  * GetSessionResponse returns the session as central holds it.
@@ -537,7 +628,7 @@ export type GetSessionResponse = Message<"aeterna.sync.v1.GetSessionResponse"> &
  * Use `create(GetSessionResponseSchema)` to create a new message.
  */
 export const GetSessionResponseSchema: GenMessage<GetSessionResponse> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 14);
+  messageDesc(file_aeterna_sync_v1_sync, 15);
 
 /**
  * AppendEpisodesRequest is one signed batch of episodes.
@@ -565,7 +656,7 @@ export type AppendEpisodesRequest = Message<"aeterna.sync.v1.AppendEpisodesReque
  * Use `create(AppendEpisodesRequestSchema)` to create a new message.
  */
 export const AppendEpisodesRequestSchema: GenMessage<AppendEpisodesRequest> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 15);
+  messageDesc(file_aeterna_sync_v1_sync, 16);
 
 /**
  * AppendEpisodesResponse acknowledges an episode batch.
@@ -586,7 +677,7 @@ export type AppendEpisodesResponse = Message<"aeterna.sync.v1.AppendEpisodesResp
  * Use `create(AppendEpisodesResponseSchema)` to create a new message.
  */
 export const AppendEpisodesResponseSchema: GenMessage<AppendEpisodesResponse> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 16);
+  messageDesc(file_aeterna_sync_v1_sync, 17);
 
 /**
  * ListEpisodesRequest pages through episodes of the caller's tenant.
@@ -643,7 +734,7 @@ export type ListEpisodesRequest = Message<"aeterna.sync.v1.ListEpisodesRequest">
  * Use `create(ListEpisodesRequestSchema)` to create a new message.
  */
 export const ListEpisodesRequestSchema: GenMessage<ListEpisodesRequest> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 17);
+  messageDesc(file_aeterna_sync_v1_sync, 18);
 
 /**
  * ListEpisodesResponse is one page of episodes, oldest first.
@@ -671,7 +762,7 @@ export type ListEpisodesResponse = Message<"aeterna.sync.v1.ListEpisodesResponse
  * Use `create(ListEpisodesResponseSchema)` to create a new message.
  */
 export const ListEpisodesResponseSchema: GenMessage<ListEpisodesResponse> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 18);
+  messageDesc(file_aeterna_sync_v1_sync, 19);
 
 /**
  * GetSyncCheckpointRequest asks for the calling edge's checkpoints.
@@ -679,6 +770,13 @@ export const ListEpisodesResponseSchema: GenMessage<ListEpisodesResponse> = /*@_
  * @generated from message aeterna.sync.v1.GetSyncCheckpointRequest
  */
 export type GetSyncCheckpointRequest = Message<"aeterna.sync.v1.GetSyncCheckpointRequest"> & {
+  /**
+   * The incarnation whose checkpoints are asked for (see
+   * `BatchHeader.incarnation_id`); empty for an edge without incarnations.
+   *
+   * @generated from field: string incarnation_id = 1;
+   */
+  incarnationId: string;
 };
 
 /**
@@ -686,7 +784,7 @@ export type GetSyncCheckpointRequest = Message<"aeterna.sync.v1.GetSyncCheckpoin
  * Use `create(GetSyncCheckpointRequestSchema)` to create a new message.
  */
 export const GetSyncCheckpointRequestSchema: GenMessage<GetSyncCheckpointRequest> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 19);
+  messageDesc(file_aeterna_sync_v1_sync, 20);
 
 /**
  * ChannelCheckpoint is the checkpoint of one channel.
@@ -714,7 +812,7 @@ export type ChannelCheckpoint = Message<"aeterna.sync.v1.ChannelCheckpoint"> & {
  * Use `create(ChannelCheckpointSchema)` to create a new message.
  */
 export const ChannelCheckpointSchema: GenMessage<ChannelCheckpoint> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 20);
+  messageDesc(file_aeterna_sync_v1_sync, 21);
 
 /**
  * GetSyncCheckpointResponse lists the calling edge's checkpoints.
@@ -735,7 +833,7 @@ export type GetSyncCheckpointResponse = Message<"aeterna.sync.v1.GetSyncCheckpoi
  * Use `create(GetSyncCheckpointResponseSchema)` to create a new message.
  */
 export const GetSyncCheckpointResponseSchema: GenMessage<GetSyncCheckpointResponse> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 21);
+  messageDesc(file_aeterna_sync_v1_sync, 22);
 
 /**
  * Conflict is a replayed edge decision that clashed with a later central
@@ -813,7 +911,7 @@ export type Conflict = Message<"aeterna.sync.v1.Conflict"> & {
  * Use `create(ConflictSchema)` to create a new message.
  */
 export const ConflictSchema: GenMessage<Conflict> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 22);
+  messageDesc(file_aeterna_sync_v1_sync, 23);
 
 /**
  * ListConflictsRequest pages through review items.
@@ -848,7 +946,7 @@ export type ListConflictsRequest = Message<"aeterna.sync.v1.ListConflictsRequest
  * Use `create(ListConflictsRequestSchema)` to create a new message.
  */
 export const ListConflictsRequestSchema: GenMessage<ListConflictsRequest> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 23);
+  messageDesc(file_aeterna_sync_v1_sync, 24);
 
 /**
  * ListConflictsResponse is one page of review items, oldest first.
@@ -876,7 +974,7 @@ export type ListConflictsResponse = Message<"aeterna.sync.v1.ListConflictsRespon
  * Use `create(ListConflictsResponseSchema)` to create a new message.
  */
 export const ListConflictsResponseSchema: GenMessage<ListConflictsResponse> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 24);
+  messageDesc(file_aeterna_sync_v1_sync, 25);
 
 /**
  * ResolveConflictRequest settles one review item.
@@ -911,7 +1009,7 @@ export type ResolveConflictRequest = Message<"aeterna.sync.v1.ResolveConflictReq
  * Use `create(ResolveConflictRequestSchema)` to create a new message.
  */
 export const ResolveConflictRequestSchema: GenMessage<ResolveConflictRequest> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 25);
+  messageDesc(file_aeterna_sync_v1_sync, 26);
 
 /**
  * ResolveConflictResponse returns the settled item.
@@ -932,7 +1030,7 @@ export type ResolveConflictResponse = Message<"aeterna.sync.v1.ResolveConflictRe
  * Use `create(ResolveConflictResponseSchema)` to create a new message.
  */
 export const ResolveConflictResponseSchema: GenMessage<ResolveConflictResponse> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 26);
+  messageDesc(file_aeterna_sync_v1_sync, 27);
 
 /**
  * AnnounceOfflineRequest tells central the caller goes offline on purpose.
@@ -953,7 +1051,7 @@ export type AnnounceOfflineRequest = Message<"aeterna.sync.v1.AnnounceOfflineReq
  * Use `create(AnnounceOfflineRequestSchema)` to create a new message.
  */
 export const AnnounceOfflineRequestSchema: GenMessage<AnnounceOfflineRequest> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 27);
+  messageDesc(file_aeterna_sync_v1_sync, 28);
 
 /**
  * AnnounceOfflineResponse confirms the announcement.
@@ -968,7 +1066,7 @@ export type AnnounceOfflineResponse = Message<"aeterna.sync.v1.AnnounceOfflineRe
  * Use `create(AnnounceOfflineResponseSchema)` to create a new message.
  */
 export const AnnounceOfflineResponseSchema: GenMessage<AnnounceOfflineResponse> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 28);
+  messageDesc(file_aeterna_sync_v1_sync, 29);
 
 /**
  * EdgeInfo is one row of the edge registry.
@@ -1017,6 +1115,29 @@ export type EdgeInfo = Message<"aeterna.sync.v1.EdgeInfo"> & {
    * @generated from field: google.protobuf.Timestamp last_seen_time = 6;
    */
   lastSeenTime?: Timestamp | undefined;
+
+  /**
+   * The incarnation of the edge's local state that central heard from last
+   * (see `BatchHeader.incarnation_id`).
+   *
+   * @generated from field: string incarnation_id = 7;
+   */
+  incarnationId: string;
+
+  /**
+   * When central first heard from that incarnation.
+   *
+   * @generated from field: google.protobuf.Timestamp incarnation_start_time = 8;
+   */
+  incarnationStartTime?: Timestamp | undefined;
+
+  /**
+   * How many incarnations of this agent id central has seen; more than one
+   * means the edge was re-provisioned (a new data directory) at least once.
+   *
+   * @generated from field: uint32 incarnation_count = 9;
+   */
+  incarnationCount: number;
 };
 
 /**
@@ -1024,7 +1145,7 @@ export type EdgeInfo = Message<"aeterna.sync.v1.EdgeInfo"> & {
  * Use `create(EdgeInfoSchema)` to create a new message.
  */
 export const EdgeInfoSchema: GenMessage<EdgeInfo> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 29);
+  messageDesc(file_aeterna_sync_v1_sync, 30);
 
 /**
  * ListEdgesRequest pages through the edge registry.
@@ -1052,7 +1173,7 @@ export type ListEdgesRequest = Message<"aeterna.sync.v1.ListEdgesRequest"> & {
  * Use `create(ListEdgesRequestSchema)` to create a new message.
  */
 export const ListEdgesRequestSchema: GenMessage<ListEdgesRequest> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 30);
+  messageDesc(file_aeterna_sync_v1_sync, 31);
 
 /**
  * ListEdgesResponse is one page of the registry, ordered by agent id.
@@ -1080,7 +1201,7 @@ export type ListEdgesResponse = Message<"aeterna.sync.v1.ListEdgesResponse"> & {
  * Use `create(ListEdgesResponseSchema)` to create a new message.
  */
 export const ListEdgesResponseSchema: GenMessage<ListEdgesResponse> = /*@__PURE__*/
-  messageDesc(file_aeterna_sync_v1_sync, 31);
+  messageDesc(file_aeterna_sync_v1_sync, 32);
 
 /**
  * SyncChannel names one of the independent sync flows from edge to central.
