@@ -4,7 +4,7 @@ A batch is applied at most once. Its ``batch_id`` and a digest of its content
 (everything except the signature and ``sent_time``, so a re-signed resend of
 the same items counts as the same batch) go into a ledger; the ack is stored
 with it so that a resend gets the very same answer. The checkpoint of an edge
-on a channel is the highest sequence below which nothing is missing.
+incarnation on a channel is the highest sequence below which nothing is missing.
 """
 
 from __future__ import annotations
@@ -15,8 +15,12 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import IntEnum
 
+from aeterna_shared import limits
 from aeterna_shared.errors import AlreadyExists, InvalidArgument, Unauthenticated
 from interceptors.identity import Identity
+
+MAX_INCARNATION_ID = 64
+"""Longest ``incarnation_id`` accepted (the edge sends a 36-character UUID)."""
 
 
 class Channel(IntEnum):
@@ -50,6 +54,8 @@ class BatchMeta:
     """SHA-256 of the batch content without signature, sent_time and floor_sequence."""
     floor_sequence: int = 0
     """Lowest sequence the edge still holds; lower ones it never sent were dead-lettered (0: unknown)."""
+    incarnation_id: str = ""
+    """Identity of the edge's local state; sequences and checkpoints count within it ('': none)."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,11 @@ def check_header(meta: BatchMeta, identity: Identity, *, now: datetime, freshnes
         raise InvalidArgument.for_field("header.batch_id", "a batch needs an id (UUID)", reason="MISSING_BATCH_ID")
     if meta.sequence < 1:
         raise InvalidArgument.for_field("header.sequence", "sequences start at 1", reason="BAD_SEQUENCE")
+    # What goes into the ledger's indexed columns obeys the same limits as the items.
+    limits.check_id(meta.batch_id, "header.batch_id")
+    limits.check_id(meta.agent_id, "header.agent_id")
+    limits.check_text(meta.region, "header.region", max_bytes=limits.MAX_NAME_BYTES)
+    check_incarnation_id(meta.incarnation_id, "header.incarnation_id")
     if meta.sent_time is None:
         raise Unauthenticated("batch has no sent_time", reason="STALE_BATCH", metadata={"batch_id": meta.batch_id})
     skew = abs(now - meta.sent_time)
@@ -131,6 +142,16 @@ def check_header(meta: BatchMeta, identity: Identity, *, now: datetime, freshnes
             f"of {int(freshness.total_seconds())} s; re-sign it with the current time",
             reason="STALE_BATCH",
             metadata={"batch_id": meta.batch_id},
+        )
+
+
+def check_incarnation_id(incarnation_id: str, field: str) -> None:
+    """An incarnation id is empty or a short id (the edge sends a UUID)."""
+    if len(incarnation_id) > MAX_INCARNATION_ID:
+        raise InvalidArgument.for_field(
+            field,
+            f"an incarnation id (a UUID) has at most {MAX_INCARNATION_ID} characters",
+            reason="BAD_INCARNATION_ID",
         )
 
 

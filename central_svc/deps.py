@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from aeterna_shared.config import AeternaConfig
+from central_svc.api.session_merge import ProtobufSessionMerger
 from central_svc.edges import EdgeRegistry
 from central_svc.episodes import EpisodicMemory
 from central_svc.policies import PolicyAuthority, PolicyHub
@@ -75,7 +76,7 @@ async def build_deps(config: AeternaConfig, database: Database) -> CentralDeps:
     return CentralDeps(
         database=database,
         ledger=ledger,
-        sessions=SessionSync(ledger, PostgresSessionStore(database)),
+        sessions=SessionSync(ledger, PostgresSessionStore(database), ProtobufSessionMerger()),
         vectors=VectorSync(ledger, vector_index(config, database), dimension),
         episodes=EpisodicMemory(ledger, episode_store, dimension),
         episode_store=episode_store,

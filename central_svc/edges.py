@@ -26,6 +26,12 @@ class EdgeRow:
     last_sync_at: datetime | None
     last_seen_at: datetime
     departed_at: datetime | None
+    incarnation_id: str = ""
+    """The edge's newest incarnation (identity of its local state; '' before incarnations)."""
+    incarnation_started_at: datetime | None = None
+    """When central first heard from that incarnation."""
+    incarnation_count: int = 0
+    """How many incarnations of this agent id central has seen (more than one: re-provisioned)."""
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
+from aeterna_shared import limits
 from central_svc.batches import Ack, BatchMeta, ItemFailure
 from central_svc.store.ledger import ApplyResult, BatchLedger, Connection
 from central_svc.vectors import embedding_problem
@@ -23,6 +24,10 @@ class EpisodeRecord:
     occur_time: datetime | None
     data: bytes
     claimed_tenant_id: str = ""
+    metadata: Any = None
+    """The episode's metadata (JSON data or a protobuf Struct), checked against ``aeterna_shared.limits``."""
+    problem: str = ""
+    """Why the API layer could not translate the item (it then fails alone); empty when it could."""
 
 
 @dataclass(frozen=True)
@@ -59,17 +64,35 @@ class EpisodicMemory:
         self._dimension = dimension
 
     async def append(self, meta: BatchMeta, tenant_id: str, records: list[EpisodeRecord]) -> Ack:
-        """Apply one batch; appending an existing id is a no-op, bad episodes fail alone."""
+        """Apply one batch; appending an existing id is a no-op, bad episodes fail alone.
+
+        Each episode is checked against ``aeterna_shared.limits`` (what the edge
+        accepted passes): one that central cannot store becomes an ``ItemFailure``
+        with reason ``INVALID_ITEM`` naming the field, and the rest is applied.
+        """
         failures: list[ItemFailure] = []
         good: dict[str, EpisodeRecord] = {}
-        for record in records:
+        for index, record in enumerate(records):
             problem = None
-            if not record.episode_id or record.occur_time is None:
+            if record.problem:
+                problem = (limits.ITEM_FAILURE_REASON, record.problem)
+            elif not record.episode_id or record.occur_time is None:
                 problem = ("INVALID_EPISODE", "episode_id and occur_time are required")
             elif record.claimed_tenant_id and record.claimed_tenant_id != tenant_id:
                 problem = ("TENANT_MISMATCH", "episode names another tenant")
             elif record.embedding and (why := embedding_problem(record.embedding, self._dimension)):
                 problem = ("BAD_VECTOR", f"embedding {why}")
+            elif invalid := limits.problem_of(
+                limits.validate_episode,
+                episode_id=record.episode_id,
+                session_id=record.session_id,
+                content=record.content,
+                embedding=record.embedding,
+                metadata=record.metadata,
+                field=f"episodes[{index}]",
+            ):
+                # What PostgreSQL could not hold fails alone, before it could fail the whole batch.
+                problem = (limits.ITEM_FAILURE_REASON, invalid)
             if problem is not None:
                 failures.append(ItemFailure(record.episode_id, *problem))
             else:

@@ -99,10 +99,7 @@ def validate(content: PolicyContent) -> None:
     seen: set[str] = set()
     schema: Any = None
     if content.schema_json:
-        try:
-            schema = json.loads(content.schema_json)
-        except json.JSONDecodeError as error:
-            raise InvalidArgument.for_field("schema_json", f"not JSON: {error}", reason="INVALID_SCHEMA") from None
+        schema = _schema(content.schema_json)
     if content.entities_json:
         try:
             cedarpy.Entities.from_json_str(content.entities_json)
@@ -125,7 +122,14 @@ def validate(content: PolicyContent) -> None:
                 violations=(),
             ) from None
         if schema is not None:
-            result = cedarpy.validate_policies(text, schema)
+            try:
+                result = cedarpy.validate_policies(text, schema)
+            except (TypeError, ValueError) as error:
+                raise InvalidArgument(
+                    f"policy {policy_id!r} cannot be validated against the schema: {error}",
+                    reason="INVALID_POLICY",
+                    metadata={"policy_id": policy_id},
+                ) from None
             if not result.validation_passed:
                 problems = "; ".join(str(getattr(e, "error", e)) for e in result.errors)
                 raise InvalidArgument(
@@ -133,6 +137,42 @@ def validate(content: PolicyContent) -> None:
                     reason="INVALID_POLICY",
                     metadata={"policy_id": policy_id},
                 )
+
+
+_JSON_KINDS: dict[type, str] = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
+
+
+def _schema(schema_json: str) -> Any:
+    """The parsed Cedar schema (JSON format); INVALID_ARGUMENT with a readable message for a bad one.
+
+    cedarpy takes a schema handle or Cedar text: handing it any other JSON value
+    (a list, a number) raised a TypeError that surfaced as INTERNAL, and a JSON
+    object that is no schema failed every policy with a parse error instead of
+    naming the schema.
+    """
+    try:
+        document = json.loads(schema_json)
+    except json.JSONDecodeError as error:
+        raise InvalidArgument.for_field("schema_json", f"not JSON: {error}", reason="INVALID_SCHEMA") from None
+    if not isinstance(document, dict):
+        raise InvalidArgument.for_field(
+            "schema_json",
+            f"must be a JSON object (a Cedar schema in JSON format), not {_JSON_KINDS.get(type(document), 'that')}",
+            reason="INVALID_SCHEMA",
+        )
+    try:
+        return cedarpy.Schema.from_json_str(schema_json)
+    except (TypeError, ValueError) as error:
+        raise InvalidArgument.for_field(
+            "schema_json", f"is not a valid Cedar schema: {error}", reason="INVALID_SCHEMA"
+        ) from None
 
 
 class PolicyHub:

@@ -23,8 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
+from aeterna_shared import limits
 from aeterna_shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from central_svc.batches import Ack, BatchMeta, ItemFailure
 from central_svc.store.ledger import ApplyResult, BatchLedger, Connection
@@ -76,6 +77,12 @@ class DecisionRecord:
     """Deterministic protobuf encoding (with agent_id set from the credential)."""
     action: str = ""
     """Cedar action uid; it picks the conflict policy when there are per-action overrides."""
+    principal: str = ""
+    """Cedar principal uid (checked against ``aeterna_shared.limits``; stored inside ``data``)."""
+    metadata: Any = None
+    """The decision's metadata, JSON data or a protobuf Struct (checked, stored inside ``data``)."""
+    problem: str = ""
+    """Why the API layer could not translate the item (it then fails alone); empty when it could."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,12 +202,29 @@ class DecisionReplay:
         return self._by_action.get(action, self.policy)
 
     async def replay(self, meta: BatchMeta, tenant_id: str, records: list[DecisionRecord]) -> Ack:
-        """Apply a batch; the ack's ``extra["results"]`` lists one verdict per decision, in order."""
+        """Apply a batch; the ack's ``extra["results"]`` lists one verdict per decision, in order.
+
+        A decision that breaks ``aeterna_shared.limits`` (or is incomplete) fails
+        alone as an ``ItemFailure``; the rest of the batch is applied.
+        """
         failures: list[ItemFailure] = []
         valid: list[DecisionRecord] = []
         seen: set[str] = set()
-        for record in records:
-            if not record.decision_id or not record.resource or record.decide_time is None:
+        for index, record in enumerate(records):
+            invalid = record.problem or limits.problem_of(
+                limits.validate_decision,
+                decision_id=record.decision_id,
+                principal=record.principal,
+                action=record.action,
+                resource=record.resource,
+                metadata=record.metadata,
+                field=f"decisions[{index}]",
+            )
+            if invalid:
+                # A value PostgreSQL cannot hold (a NUL, a resource too long for the index) fails alone
+                # here, instead of failing the whole batch in the database.
+                failures.append(ItemFailure(record.decision_id, limits.ITEM_FAILURE_REASON, invalid))
+            elif not record.decision_id or not record.resource or record.decide_time is None:
                 failures.append(
                     ItemFailure(
                         record.decision_id, "INVALID_DECISION", "decision_id, resource and decide_time are required"

@@ -1,4 +1,13 @@
-"""Session memory at central: validate a batch's sessions and upsert the good ones in one transaction."""
+"""Session memory at central: validate a batch's items, then replace or merge sessions in one transaction.
+
+A batch holds whole sessions (written by PutSession at an edge: the newer one
+replaces central's copy) and appends (turns and state keys added at an edge
+since its last sync). Appends merge: each turn is kept once per session by its
+message id, after the turns already held, in the order sent; state keys
+overwrite. The rows being merged are locked (``SELECT ... FOR UPDATE``, in id
+order) for the transaction, so appends from several edges, or through several
+central replicas, to one session all land.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +35,53 @@ class SessionRecord:
     """The tenant the payload names (may be empty); it must match the credential's."""
     data: bytes
     """The session's deterministic protobuf encoding, stored as is."""
+    problem: str | None = None
+    """Why the session's content cannot be stored (``aeterna_shared.limits``, naming the field), if so."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionAppendRecord:
+    """One session append of a batch, as the API layer translated it."""
+
+    session_id: str
+    user_id: str
+    last_activity: datetime | None
+    checksum: str
+    computed_checksum: str
+    claimed_tenant_id: str
+    message_ids: tuple[str, ...]
+    """The ids of the appended turns, in order (each must be set)."""
+    data: bytes
+    """The append's deterministic protobuf encoding, merged by the ``SessionMerger``."""
+    problem: str | None = None
+    """Why the append's content cannot be stored (``aeterna_shared.limits``, naming the field), if so."""
+
+
+@dataclass(frozen=True, slots=True)
+class MergedSession:
+    """A session after an append was merged into it."""
+
+    data: bytes
+    user_id: str
+    last_activity: datetime
+    checksum: str
+
+
+class SessionMerger(Protocol):
+    """Merges an append into a stored session (the wire encoding's business, so the API layer supplies it)."""
+
+    def merge(self, stored: bytes | None, append: bytes, tenant_id: str) -> MergedSession:
+        """``stored`` (None: no session yet) with ``append``'s new turns and state keys."""
+        ...
+
+
+@dataclass(frozen=True)
+class HeldSession:
+    """A session row locked for a merge."""
+
+    tenant_id: str
+    data: bytes | None
+    """None when the session did not exist before this transaction."""
 
 
 @dataclass(frozen=True)
@@ -50,13 +106,27 @@ class SessionStore(Protocol):
         """The ids among ``session_ids`` that belong to another tenant."""
         ...
 
+    async def lock_for_merge(
+        self, connection: Connection, tenant_id: str, agent_id: str, session_ids: list[str]
+    ) -> dict[str, HeldSession]:
+        """Lock the rows of ``session_ids`` (creating empty ones for the caller's tenant where none exist)."""
+        ...
+
+    async def write_merged(self, connection: Connection, agent_id: str, merged: dict[str, MergedSession]) -> None:
+        """Store merged sessions into the rows ``lock_for_merge`` locked."""
+        ...
+
     async def get(self, tenant_id: str, session_id: str) -> StoredSession | None:
         """One session of the tenant, or None."""
         ...
 
 
-def validate(record: SessionRecord, tenant_id: str) -> ItemFailure | None:
-    """The reason a session cannot be applied, or None when it is fine."""
+def validate(record: SessionRecord | SessionAppendRecord, tenant_id: str) -> ItemFailure | None:
+    """The reason a session (or an append) cannot be applied, or None when it is fine."""
+    if record.problem is not None:
+        return ItemFailure(record.session_id, "INVALID_ITEM", record.problem)
+    if isinstance(record, SessionAppendRecord) and not all(record.message_ids):
+        return ItemFailure(record.session_id, "INVALID_SESSION", "every appended turn needs a message_id")
     if not record.session_id:
         return ItemFailure("", "INVALID_SESSION", "session_id is empty")
     if record.last_activity is None:
@@ -77,12 +147,19 @@ def validate(record: SessionRecord, tenant_id: str) -> ItemFailure | None:
 class SessionSync:
     """Applies session batches and serves session reads."""
 
-    def __init__(self, ledger: BatchLedger, store: SessionStore) -> None:
+    def __init__(self, ledger: BatchLedger, store: SessionStore, merger: SessionMerger) -> None:
         self._ledger = ledger
         self._store = store
+        self._merger = merger
 
-    async def ingest(self, meta: BatchMeta, tenant_id: str, records: list[SessionRecord]) -> Ack:
-        """Apply one (already authenticated) batch; bad sessions fail alone."""
+    async def ingest(
+        self,
+        meta: BatchMeta,
+        tenant_id: str,
+        records: list[SessionRecord],
+        appends: list[SessionAppendRecord] | None = None,
+    ) -> Ack:
+        """Apply one (already authenticated) batch; bad items fail alone."""
         failures: list[ItemFailure] = []
         latest: dict[str, SessionRecord] = {}
         for record in records:
@@ -94,6 +171,14 @@ class SessionSync:
             previous = latest.get(record.session_id)
             if previous is None or (previous.last_activity or record.last_activity) <= record.last_activity:  # type: ignore[operator]
                 latest[record.session_id] = record
+        merges: dict[str, list[SessionAppendRecord]] = {}
+        for append in appends or []:
+            failure = validate(append, tenant_id)
+            if failure is not None:
+                failures.append(failure)
+                continue
+            merges.setdefault(append.session_id, []).append(append)
+        total = len(records) + len(appends or [])
 
         async def apply(connection: Connection) -> ApplyResult:
             rows = list(latest.values())
@@ -103,15 +188,33 @@ class SessionSync:
             if missing:
                 # Not written means either an older version (a no-op, not a failure) or another tenant's session.
                 for session_id in sorted(await self._store.foreign(connection, tenant_id, missing)):
-                    item_failures.append(
-                        ItemFailure(
-                            session_id, "SESSION_OWNED_BY_OTHER_TENANT", "the session belongs to another tenant"
-                        )
-                    )
-            applied = len(records) - len(item_failures)
+                    item_failures.append(_foreign(session_id))
+            if merges:
+                item_failures += await self._merge(connection, tenant_id, meta.agent_id, merges)
+            applied = total - len(item_failures)
             return applied, item_failures, {}
 
         return await self._ledger.run(meta, tenant_id, apply)
+
+    async def _merge(
+        self, connection: Connection, tenant_id: str, agent_id: str, merges: dict[str, list[SessionAppendRecord]]
+    ) -> list[ItemFailure]:
+        held = await self._store.lock_for_merge(connection, tenant_id, agent_id, sorted(merges))
+        merged: dict[str, MergedSession] = {}
+        failures: list[ItemFailure] = []
+        for session_id, appends in merges.items():
+            row = held[session_id]
+            if row.tenant_id != tenant_id:
+                failures += [_foreign(session_id) for _ in appends]
+                continue
+            current = row.data
+            for append in appends:
+                result = self._merger.merge(current, append.data, tenant_id)
+                current = result.data
+                merged[session_id] = result
+        if merged:
+            await self._store.write_merged(connection, agent_id, merged)
+        return failures
 
     async def get(self, tenant_id: str, session_id: str) -> StoredSession:
         """A session of the caller's tenant; NOT_FOUND for unknown ids and other tenants' sessions alike."""
@@ -121,3 +224,7 @@ class SessionSync:
                 f"no session {session_id!r}", reason="SESSION_NOT_FOUND", metadata={"session_id": session_id}
             )
         return stored
+
+
+def _foreign(session_id: str) -> ItemFailure:
+    return ItemFailure(session_id, "SESSION_OWNED_BY_OTHER_TENANT", "the session belongs to another tenant")

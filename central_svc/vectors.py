@@ -7,11 +7,13 @@ restricted to the caller's tenant, which comes from the credential.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from aeterna_shared import limits
 from aeterna_shared.errors import InvalidArgument
 from central_svc.batches import Ack, BatchMeta, ItemFailure
 from central_svc.store.ledger import ApplyResult, BatchLedger, Connection
@@ -27,6 +29,8 @@ class VectorRecord:
     payload_json: str
     update_time: datetime
     claimed_tenant_id: str = ""
+    problem: str = ""
+    """Why the API layer could not translate the item (it then fails alone); empty when it could."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,22 @@ def embedding_problem(values: list[float], dimension: int) -> str | None:
     return None
 
 
+def _vector_problem(record: VectorRecord, field: str) -> str | None:
+    """Why ``aeterna_shared.limits`` refuses the vector, naming the field; None when it can be stored."""
+    try:
+        payload = json.loads(record.payload_json or "{}")
+    except ValueError:
+        return f"{field}.payload: is not JSON"
+    return limits.problem_of(
+        limits.validate_vector,
+        vector_id=record.vector_id,
+        values=record.values,
+        region=record.region,
+        payload=payload,
+        field=field,
+    )
+
+
 def check_query(query: VectorQuery, dimension: int) -> None:
     """INVALID_ARGUMENT for an unusable query."""
     problem = embedding_problem(query.embedding, dimension)
@@ -97,12 +117,15 @@ class VectorSync:
         self.dimension = dimension
 
     async def ingest(self, meta: BatchMeta, tenant_id: str, records: list[VectorRecord]) -> Ack:
-        """Apply one batch; an unusable vector fails alone."""
+        """Apply one batch; an unusable vector (or one that breaks ``aeterna_shared.limits``) fails alone."""
         failures: list[ItemFailure] = []
         good: dict[str, VectorRecord] = {}
-        for record in records:
+        for index, record in enumerate(records):
             problem = embedding_problem(record.values, self.dimension) if record.vector_id else "has no vector_id"
-            if problem is None and record.claimed_tenant_id and record.claimed_tenant_id != tenant_id:
+            invalid = record.problem or (_vector_problem(record, f"vectors[{index}]") if problem is None else None)
+            if invalid:
+                failures.append(ItemFailure(record.vector_id, limits.ITEM_FAILURE_REASON, invalid))
+            elif problem is None and record.claimed_tenant_id and record.claimed_tenant_id != tenant_id:
                 failures.append(ItemFailure(record.vector_id, "TENANT_MISMATCH", "vector names another tenant"))
             elif problem is not None:
                 failures.append(ItemFailure(record.vector_id, "BAD_VECTOR", f"vector {problem}"))

@@ -85,10 +85,14 @@ def _run_edge(args: argparse.Namespace) -> int:
 
 
 def render_status(status: dict[str, Any]) -> str:
-    """The status as a readable table."""
+    """The status as a readable table; a degraded edge (online, but a channel makes no progress) says DEGRADED."""
+    link = status.get("linkState", "")
+    if status.get("degraded"):
+        link = f"DEGRADED ({link.lower() or 'online'}, but sync makes no progress; see below)"
     lines = [
         f"edge            {status.get('agentId', '')}  (region {status.get('region', '')})",
-        f"link            {status.get('linkState', '')}  since {status.get('linkChangeTime', '-')}"
+        f"incarnation     {status.get('incarnationId') or '(none: the outbox predates incarnations)'}",
+        f"link            {link}  since {status.get('linkChangeTime', '-')}"
         f"  (failed checks in a row: {status.get('consecutiveFailures', 0)})",
         f"policy version  {status.get('policyVersion', '0')}",
         f"local data      {status.get('localSessions', '0')} sessions, {status.get('localVectors', '0')} vectors",
@@ -100,5 +104,10 @@ def render_status(status: dict[str, Any]) -> str:
         items, batches = queue.get("pendingItems", "0"), queue.get("pendingBatches", "0")
         dead, acked = queue.get("deadLetters", "0"), queue.get("ackedSequence", "0")
         last = queue.get("lastSyncTime") or "never"
-        lines.append(f"{channel:<10} {items:>13} {batches:>8} {dead:>12} {acked:>9}  {last}")
+        flag = "  DEGRADED" if queue.get("degraded") else ""
+        lines.append(f"{channel:<10} {items:>13} {batches:>8} {dead:>12} {acked:>9}  {last}{flag}")
+    stuck = [queue for queue in status.get("queues", []) if queue.get("degraded")]
+    if stuck:
+        lines.append("")
+        lines += [f"DEGRADED {q.get('channel', '')}: {q.get('degradedReason', '')}" for q in stuck]
     return "\n".join(lines)

@@ -2,21 +2,27 @@
 
 Keys are prefixed with the caller's tenant, so that one tenant can never name
 another's data. Working memory is a plain value with a TTL and is never synced.
-Session memory is a JSON document with a TTL (refreshed on every write); each
-write also bumps the session's version in the tenant's dirty hash in the same
-transaction, which is how the session collector knows what to send.
+Session memory is a JSON document per session. Every write records what
+changed since the last sync and bumps the session's version in the tenant's
+dirty hash, all in one transaction; the session collector reads those. A
+session with unsynced changes has no TTL, so it can never expire before
+central has it; its TTL (``cache.layers.session.ttl``) starts once it is
+synced. Session memory lives in a store that never evicts (see
+``edge_svc.store.cache``); working memory, in its own, is the only layer that
+may be evicted.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 from aeterna_shared.errors import InvalidArgument
-from edge_svc.ports import Cache
-from edge_svc.records import JsonDict, Message, SessionRecord, now_ns
+from edge_svc.ports import Cache, Mutation
+from edge_svc.records import ChangeKind, JsonDict, Message, SessionChange, SessionRecord, now_ns
 
 MAX_KEY_BYTES = 512
 
@@ -49,10 +55,23 @@ class WorkingMemory:
 
     cache: Cache
     default_ttl: timedelta
+    max_ttl: timedelta = timedelta(seconds=5)
+    """The longest TTL a caller may ask for (``cache.layers.working.maxTtl``)."""
+    cap_ttl: bool = False
+    """Cap a longer TTL to ``max_ttl`` instead of refusing it (``ttlOverflow: cap``)."""
 
     async def set(self, tenant: str, key: str, value: object, ttl: timedelta | None) -> int:
         """Store ``value`` (any JSON value); returns its expiry time in nanoseconds."""
         _check_key("key", key)
+        if ttl is not None and ttl > self.max_ttl:
+            if not self.cap_ttl:
+                raise InvalidArgument.for_field(
+                    "ttl",
+                    f"working memory lives at most {self.max_ttl.total_seconds():g} s "
+                    "(cache.layers.working.maxTtl); keep longer-lived data in session memory",
+                    reason="TTL_TOO_LONG",
+                )
+            ttl = self.max_ttl
         lifetime = ttl if ttl is not None and ttl > timedelta(0) else self.default_ttl
         ttl_ms = max(int(lifetime.total_seconds() * 1000), 1)
         await self.cache.set(working_key(tenant, key), json.dumps(value).encode(), ttl_ms)
@@ -67,9 +86,34 @@ class WorkingMemory:
         return True, json.loads(raw)
 
 
+def pending_key(tenant: str, session_id: str) -> str:
+    """Redis hash of a session's changes since its last sync (kind, first unsent turn, state patch)."""
+    return f"aeterna:{tenant}:pending:{session_id}"
+
+
+@dataclass(frozen=True)
+class DirtySessions:
+    """What one collection read: the changes to send, the versions to clear, and the dirty ids with no session."""
+
+    changes: list[SessionChange]
+    versions: dict[str, int]
+    missing: list[str]
+
+
 @dataclass
 class SessionMemory:
-    """Sessions held at the edge and marked for the session sync on every write."""
+    """Sessions held at the edge; every write records what changed since the last sync, atomically.
+
+    Each session is a JSON document (the whole local view, marked
+    ``partial`` when it was started offline without central's earlier turns)
+    plus a small pending-change hash: ``kind`` (``replace`` after a
+    PutSession, else ``append``), ``from`` (index of the first turn not yet
+    sent) and ``patch`` (state keys set since). The collector turns these into
+    ``SessionChange`` items: a whole session, or only the new turns and keys,
+    which central merges. Both keys and the dirty mark change in one
+    transaction, retried when another writer got there first. The document
+    keeps no TTL until central acknowledged its last change (``release``).
+    """
 
     cache: Cache
     ttl: timedelta
@@ -81,24 +125,30 @@ class SessionMemory:
         return max(int(self.ttl.total_seconds() * 1000), 1)
 
     async def put(self, tenant: str, session: SessionRecord) -> SessionRecord:
-        """Write a whole session; it becomes dirty."""
+        """Write a whole session (it replaces central's copy when it reaches central)."""
         _check_key("session.session_id", session.session_id)
         session.tenant_id = tenant
         if not session.last_activity:
             session.last_activity = now_ns()
-        await self._write(tenant, session)
+        _stamp(session.messages, session.last_activity)
+        encoded = _encode(session)
+
+        def replace(_current: bytes | None, _pending: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+            return encoded, {"kind": ChangeKind.REPLACE.value}
+
+        await self._update(tenant, session.session_id, replace)
         return session
 
     async def get(self, tenant: str, session_id: str) -> SessionRecord | None:
         """The local copy, or None."""
         _check_key("session_id", session_id)
         raw = await self.cache.get(session_key(tenant, session_id))
-        return None if raw is None else SessionRecord.from_json(json.loads(raw))
+        return None if raw is None else _decode_document(raw)[0]
 
     async def cache_copy(self, tenant: str, session: SessionRecord) -> None:
-        """Keep a copy read through from central, without marking it dirty (central already has it)."""
+        """Keep a copy read through from central, never over a local one (central already has it)."""
         session.tenant_id = tenant
-        await self.cache.set(session_key(tenant, session.session_id), _encode(session), self._ttl_ms)
+        await self.cache.set_if_absent(session_key(tenant, session.session_id), _encode(session), self._ttl_ms)
 
     async def append(
         self,
@@ -108,47 +158,82 @@ class SessionMemory:
         user_id: str,
         messages: list[Message],
         state_patch: JsonDict,
-        base: SessionRecord | None,
+        base: SessionRecord | None = None,
+        partial: bool = False,
     ) -> SessionRecord:
-        """Append turns (and merge state) to ``base``, or to a new session when ``base`` is None."""
-        _check_key("session_id", session_id)
-        session = base or SessionRecord(session_id=session_id, user_id=user_id, tenant_id=tenant)
-        stamp = now_ns()
-        for message in messages:
-            if not message.create_time:
-                message.create_time = stamp
-        session.messages.extend(messages)
-        session.state.update(state_patch)
-        session.last_activity = stamp
-        await self._write(tenant, session)
-        return session
+        """Append turns (and merge state keys) atomically, whatever else writes the session meanwhile.
 
-    async def _write(self, tenant: str, session: SessionRecord) -> None:
-        await self.cache.put_dirty(
-            session_key(tenant, session.session_id),
-            _encode(session),
-            self._ttl_ms,
-            dirty_hash(tenant),
-            session.session_id,
+        When the edge does not hold the session, it starts from ``base`` (read
+        through from central) or empty; ``partial`` says that central may hold
+        earlier turns the edge has not seen (an offline append), so the local
+        copy is dropped once central has merged it.
+        """
+        _check_key("session_id", session_id)
+        stamp = now_ns()
+        _stamp(messages, stamp)
+        result: list[SessionRecord] = []
+
+        def add(current: bytes | None, pending: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+            if current is not None:
+                session, started_partial = _decode_document(current)
+            else:
+                # A fresh copy each attempt: an attempt that lost the race must leave ``base`` untouched.
+                session = SessionRecord.from_json(base.to_json()) if base else SessionRecord(session_id, user_id)
+                session.tenant_id = tenant
+                started_partial = base is None and partial
+            if not pending:
+                pending = {"kind": ChangeKind.APPEND.value, "from": str(len(session.messages))}
+            else:
+                pending = dict(pending)
+            session.messages.extend(messages)
+            session.state.update(state_patch)
+            session.last_activity = max(stamp, session.last_activity + 1)
+            if pending["kind"] == ChangeKind.APPEND.value and state_patch:
+                patch = json.loads(pending.get("patch", "{}"))
+                patch.update(state_patch)
+                pending["patch"] = json.dumps(patch, separators=(",", ":"))
+            result[:] = [session]
+            return _encode(session, partial=started_partial), pending
+
+        await self._update(tenant, session_id, add)
+        return result[0]
+
+    async def _update(self, tenant: str, session_id: str, mutate: Mutation) -> None:
+        await self.cache.update(
+            session_key(tenant, session_id), pending_key(tenant, session_id), dirty_hash(tenant), session_id, mutate
         )
         self.on_dirty()
 
-    async def dirty(self, tenant: str, limit: int) -> tuple[list[SessionRecord], dict[str, int]]:
-        """Up to ``limit`` dirty sessions and the versions read (for ``clear``).
+    async def dirty(self, tenant: str, limit: int) -> DirtySessions:
+        """Up to ``limit`` changed sessions as changes to send, with the versions read (for ``clear``).
 
-        A dirty session that expired from the cache before it could be synced
-        cannot be sent any more; its version is returned so it is cleared, and
-        the caller logs it.
+        With a session store that never evicts and sessions that keep no TTL
+        while dirty, a dirty id without its session means the store lost data
+        (for example an external store restarted without persistence): such
+        ids are returned in ``missing`` so the caller can count and report them.
         """
         versions = await self.cache.dirty_versions(dirty_hash(tenant), limit)
         ids = list(versions)
         raws = await self.cache.get_many([session_key(tenant, sid) for sid in ids])
-        sessions = [SessionRecord.from_json(json.loads(raw)) for raw in raws if raw is not None]
-        return sessions, versions
+        pendings = await self.cache.hashes([pending_key(tenant, sid) for sid in ids])
+        changes: list[SessionChange] = []
+        missing: list[str] = []
+        for session_id, raw, pending in zip(ids, raws, pendings, strict=True):
+            if raw is None:
+                missing.append(session_id)
+                continue
+            changes.append(_change(*_decode_document(raw), pending))
+        return DirtySessions(changes, versions, missing)
 
     async def clear(self, tenant: str, versions: dict[str, int]) -> int:
-        """Clear dirty marks whose version did not change since ``dirty`` read them."""
-        return await self.cache.clear_dirty(dirty_hash(tenant), versions)
+        """Clear dirty marks (and pending changes) whose version did not change since ``dirty`` read them."""
+        entries = [(sid, version, pending_key(tenant, sid)) for sid, version in versions.items()]
+        return await self.cache.clear_dirty(dirty_hash(tenant), entries)
+
+    async def release(self, tenant: str, acknowledged: list[SessionChange]) -> int:
+        """Central acknowledged these changes: the sessions not changed since may expire (partial ones go now)."""
+        entries = [(c.session.session_id, session_key(tenant, c.session.session_id), c.partial) for c in acknowledged]
+        return await self.cache.release(dirty_hash(tenant), entries, self._ttl_ms)
 
     async def dirty_count(self, tenant: str) -> int:
         """Sessions waiting for the collector."""
@@ -159,5 +244,39 @@ class SessionMemory:
         return await self.cache.count_keys(session_key(tenant, "*"))
 
 
-def _encode(session: SessionRecord) -> bytes:
-    return json.dumps(session.to_json(), separators=(",", ":")).encode()
+def _change(session: SessionRecord, partial: bool, pending: dict[str, str]) -> SessionChange:
+    """The item to send for a dirty session: the whole of it, or its turns and keys since ``from``."""
+    if pending.get("kind") != ChangeKind.APPEND.value:
+        # A PutSession since the last sync, or a session written before pending hashes existed.
+        return SessionChange(ChangeKind.REPLACE, session)
+    start = int(pending.get("from", "0"))
+    delta = SessionRecord(
+        session_id=session.session_id,
+        user_id=session.user_id,
+        messages=session.messages[start:],
+        last_activity=session.last_activity,
+        tenant_id=session.tenant_id,
+    )
+    return SessionChange(ChangeKind.APPEND, delta, json.loads(pending.get("patch", "{}")), partial)
+
+
+def _stamp(messages: list[Message], stamp: int) -> None:
+    """Give each turn an id and a time when the agent left them out."""
+    for message in messages:
+        if not message.message_id:
+            message.message_id = str(uuid.uuid4())
+        if not message.create_time:
+            message.create_time = stamp
+
+
+def _encode(session: SessionRecord, *, partial: bool = False) -> bytes:
+    document = session.to_json()
+    if partial:
+        document["partial"] = True
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def _decode_document(raw: bytes) -> tuple[SessionRecord, bool]:
+    """(the session, whether it is a partial copy)."""
+    document = json.loads(raw)
+    return SessionRecord.from_json(document), bool(document.get("partial"))

@@ -2,13 +2,16 @@
 
 Outbox depths, dead letters and last-sync times are read from the outbox when
 Prometheus scrapes, so they can never drift from what ``GetEdgeStatus`` says;
-batch and item outcomes are counted as acks arrive.
+so is ``aeterna_sync_degraded`` (1 while a channel cannot make progress
+although the link is online). Batch and item outcomes, and the items central
+refused (``aeterna_sync_refused_items_total``, dead-lettered), are counted as
+acks arrive.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -34,6 +37,12 @@ class SyncMetrics:
             ["channel", "status"],
             registry=registry,
         )
+        self.refused = Counter(
+            "aeterna_sync_refused_items",
+            "Items central refused (one by one in an ack, or as a whole batch), moved to the dead letters.",
+            ["channel", "reason"],
+            registry=registry,
+        )
 
     def acked(self, channel: Channel, ack: Ack) -> None:
         """Count one acknowledged batch."""
@@ -43,6 +52,10 @@ class SyncMetrics:
         if ack.failed:
             self.items.labels(channel.value, "refused").inc(ack.failed)
 
+    def dead_lettered(self, channel: Channel, reason: str, items: int) -> None:
+        """Count items central refused that were moved to the dead letters (``reason`` is central's)."""
+        self.refused.labels(channel.value, reason).inc(items)
+
     def send_failed(self, channel: Channel, batches: int) -> None:
         """Count batches whose send failed (they stay queued and are retried)."""
         self.batches.labels(channel.value, "failed").inc(batches)
@@ -51,10 +64,18 @@ class SyncMetrics:
 class OutboxCollector(Collector):
     """Scrape-time gauges from the outbox and the link."""
 
-    def __init__(self, outbox: Outbox, online: Callable[[], bool], policy_version: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        online: Callable[[], bool],
+        policy_version: Callable[[], int],
+        degraded: Callable[[], Mapping[Channel, str]] | None = None,
+    ) -> None:
+        """``degraded`` gives the channels that cannot make progress (``SyncEngine.degraded``)."""
         self._outbox = outbox
         self._online = online
         self._policy_version = policy_version
+        self._degraded = degraded
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         depth = GaugeMetricFamily("aeterna_outbox_depth", "Items queued for central, by channel.", labels=["channel"])
@@ -87,4 +108,12 @@ class OutboxCollector(Collector):
         online.add_metric([], 1.0 if self._online() else 0.0)
         version = GaugeMetricFamily("aeterna_policy_version", "Version of the Cedar bundle in force.")
         version.add_metric([], float(self._policy_version()))
-        yield from (depth, batches, last, lag, dead, online, version)
+        degraded = GaugeMetricFamily(
+            "aeterna_sync_degraded",
+            "1 while the channel cannot make progress although the link is online (see GetEdgeStatus).",
+            labels=["channel"],
+        )
+        stuck = self._degraded() if self._degraded is not None else {}
+        for channel in Channel:
+            degraded.add_metric([channel.value], 1.0 if channel in stuck else 0.0)
+        yield from (depth, batches, last, lag, dead, online, version, degraded)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aeterna_shared.config import AeternaConfig
 from aeterna_shared.errors import NotFound, PermissionDenied, Unavailable
@@ -17,7 +17,7 @@ from edge_svc.link import LinkMonitor
 from edge_svc.memory import SessionMemory, WorkingMemory
 from edge_svc.policy import CedarAgent, PolicyWatcher
 from edge_svc.ports import Central
-from edge_svc.records import EpisodeRecord, SessionRecord
+from edge_svc.records import Channel, EpisodeRecord, JsonDict, Message, SessionRecord
 from edge_svc.store.outbox import ChannelStats, Outbox
 from edge_svc.sync import SyncEngine
 from edge_svc.vectors import VectorIndex, validate_embedding
@@ -38,6 +38,10 @@ class EdgeStatus:
     policy_version: int
     local_sessions: int
     local_vectors: int
+    incarnation_id: str = ""
+    """Identity of this edge's local state (the outbox's incarnation id)."""
+    degraded: dict[Channel, str] = field(default_factory=dict)
+    """Channels that cannot make progress although the link is online, with why (``SyncEngine.degraded``)."""
 
 
 @dataclass
@@ -87,6 +91,37 @@ class EdgeNode:
         await self.sessions.cache_copy(tenant, remote)
         return remote, True
 
+    async def append_session(
+        self, tenant: str, *, session_id: str, user_id: str, messages: list[Message], state_patch: JsonDict
+    ) -> SessionRecord:
+        """Append turns to a session, wherever it lives now.
+
+        A session the edge does not hold is read through from central first
+        when the link is up, so the local copy is whole. Offline (or when
+        central cannot answer) the append starts a partial local copy: only
+        the new turns travel, and central merges them after the turns it
+        already holds, so an offline append never overwrites a conversation.
+        """
+        base: SessionRecord | None = None
+        partial = False
+        if await self.sessions.get(tenant, session_id) is None:
+            if self.link.online:
+                try:
+                    base = await self.central.get_session(session_id)
+                except Unavailable:
+                    partial = True
+            else:
+                partial = True
+        return await self.sessions.append(
+            tenant,
+            session_id=session_id,
+            user_id=user_id,
+            messages=messages,
+            state_patch=state_patch,
+            base=base,
+            partial=partial,
+        )
+
     async def append_episode(self, tenant: str, episode: EpisodeRecord) -> bool:
         """Record an episode by the configured mode; returns whether central has stored it."""
         episode.tenant_id = tenant
@@ -114,6 +149,8 @@ class EdgeNode:
             policy_version=self.agent.version,
             local_sessions=await self.sessions.count(tenant),
             local_vectors=await asyncio.to_thread(self.vectors.count),
+            incarnation_id=self.outbox.incarnation_id,
+            degraded=self.sync.degraded(),
         )
 
     async def start(self) -> None:

@@ -6,7 +6,7 @@ protocols lets the domain modules stay plain Python that reads top to bottom.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 from edge_svc.records import (
@@ -19,20 +19,28 @@ from edge_svc.records import (
     VectorRecord,
 )
 
+Mutation = Callable[[bytes | None, dict[str, str]], tuple[bytes, dict[str, str]]]
+"""A pure update of one session: (current value or None, pending-change hash) -> (new value, new hash)."""
+
 
 class Cache(Protocol):
-    """The Redis-protocol cache holding working and session memory."""
+    """The Redis-protocol store holding working memory, or session memory (each has its own instance)."""
 
     async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
         """Store ``value`` under ``key`` for ``ttl_ms`` milliseconds."""
+        ...
+
+    async def set_if_absent(self, key: str, value: bytes, ttl_ms: int) -> bool:
+        """Store ``value`` only when ``key`` holds nothing; True when stored."""
         ...
 
     async def get(self, key: str) -> bytes | None:
         """The value, or None when missing or expired."""
         ...
 
-    async def put_dirty(self, key: str, value: bytes, ttl_ms: int, dirty_hash: str, field: str) -> None:
-        """Store ``value`` and bump ``field``'s version in ``dirty_hash`` in one transaction."""
+    async def update(self, key: str, pending_key: str, dirty_hash: str, field: str, mutate: Mutation) -> bytes:
+        """Apply ``mutate`` to ``key`` and ``pending_key`` and bump ``field`` in ``dirty_hash``, atomically
+        against every other writer; the value keeps no TTL. Returns the new value."""
         ...
 
     async def dirty_versions(self, dirty_hash: str, limit: int) -> dict[str, int]:
@@ -47,8 +55,18 @@ class Cache(Protocol):
         """Values of ``keys`` in order."""
         ...
 
-    async def clear_dirty(self, dirty_hash: str, versions: dict[str, int]) -> int:
-        """Remove each field whose version is still the one given; returns how many were removed."""
+    async def hashes(self, keys: Sequence[str]) -> list[dict[str, str]]:
+        """The hash held at each key (empty when missing), in order."""
+        ...
+
+    async def clear_dirty(self, dirty_hash: str, entries: Sequence[tuple[str, int, str]]) -> int:
+        """For each (field, version, pending_key) whose version is unchanged: clear the mark and drop the
+        pending hash. Returns how many were cleared."""
+        ...
+
+    async def release(self, dirty_hash: str, entries: Sequence[tuple[str, str, bool]], ttl_ms: int) -> int:
+        """For each (field, key, drop) whose field is not dirty again: give ``key`` its TTL, or delete it
+        when ``drop``. Returns how many were released."""
         ...
 
     async def count_keys(self, pattern: str) -> int:

@@ -51,21 +51,30 @@ def all_finite(values: list[float]) -> bool:
 
 @dataclass
 class Message:
-    """One turn of a conversation."""
+    """One turn of a conversation; ``message_id`` makes it count once at central, however often it is sent."""
 
     role: str
     content: str
     create_time: int = 0
     metadata: JsonDict = field(default_factory=dict)
+    message_id: str = ""
 
     def to_json(self) -> JsonDict:
         """A JSON-ready dict."""
-        return {"role": self.role, "content": self.content, "t": self.create_time, "meta": self.metadata}
+        return {
+            "id": self.message_id,
+            "role": self.role,
+            "content": self.content,
+            "t": self.create_time,
+            "meta": self.metadata,
+        }
 
     @classmethod
     def from_json(cls, data: JsonDict) -> Message:
         """Inverse of ``to_json``."""
-        return cls(data["role"], data["content"], int(data.get("t", 0)), dict(data.get("meta") or {}))
+        return cls(
+            data["role"], data["content"], int(data.get("t", 0)), dict(data.get("meta") or {}), data.get("id", "")
+        )
 
 
 @dataclass
@@ -101,6 +110,45 @@ class SessionRecord:
             last_activity=int(data.get("t", 0)),
             tenant_id=data.get("tenant", ""),
         )
+
+
+class ChangeKind(StrEnum):
+    """How a session changed since it was last synced, which decides how central applies it."""
+
+    REPLACE = "replace"
+    """A whole session was written (PutSession): central replaces its copy when this one is newer."""
+    APPEND = "append"
+    """Only turns were appended and state keys set: central merges them into its copy."""
+
+
+@dataclass
+class SessionChange:
+    """One outbox item of the session channel: a whole session, or the turns and state keys added to it."""
+
+    kind: ChangeKind
+    session: SessionRecord
+    """REPLACE: the whole session. APPEND: only the new turns (``state`` unused)."""
+    state_patch: JsonDict = field(default_factory=dict)
+    """APPEND: the state keys set since the last sync."""
+    partial: bool = False
+    """The edge's copy lacks turns central holds (started offline): drop it once central acknowledged."""
+
+    def to_json(self) -> JsonDict:
+        """A JSON-ready dict (the session's own keys, plus the kind and the patch)."""
+        document = self.session.to_json()
+        document["kind"] = self.kind.value
+        if self.partial:
+            document["partial"] = True
+        if self.kind is ChangeKind.APPEND:
+            document["patch"] = self.state_patch
+            del document["state"]
+        return document
+
+    @classmethod
+    def from_json(cls, data: JsonDict) -> SessionChange:
+        """Inverse of ``to_json``; an item without a kind (an older outbox) is a whole session."""
+        kind = ChangeKind(data.get("kind", ChangeKind.REPLACE.value))
+        return cls(kind, SessionRecord.from_json(data), dict(data.get("patch") or {}), bool(data.get("partial")))
 
 
 @dataclass

@@ -3,17 +3,62 @@
 Order of operations is what makes it crash-safe:
 
 1. the session collector reads dirty sessions (and their dirty versions) from
-   the cache, commits them to the outbox as a batch, and only then clears the
-   dirty marks whose version did not change meanwhile — a crash between the
-   two resends a session (an idempotent upsert at central), never loses one;
+   the session store as changes (a whole session after a PutSession, else only
+   the turns and state keys added since the last sync), commits them to the
+   outbox as a batch, and only then clears the dirty marks whose version did
+   not change meanwhile — a crash between the two resends a change (central
+   keeps each turn once, by message id), never loses one;
 2. a drain sends the oldest batches of a channel in sequence order, signed at
    send time, and deletes each batch only when its ack arrives;
 3. on every (re)connect the engine asks central for its checkpoints, drops
-   what central already applied, and drains the rest in order.
+   what central already applied, and drains the rest in order;
+4. only once central acknowledged a session's change does the session's
+   local copy get its TTL (or, for a partial copy started offline, go), and
+   only if it did not change again meanwhile: until then it can neither
+   expire nor be evicted, so an acknowledged write stays readable offline.
 
 Sends are retried ``maxRetries`` times with exponential backoff and jitter;
 after that the batches simply stay queued for the next round (``onError:
 queue``). Nothing here calls central while the link is offline.
+
+Nothing central refuses blocks a channel:
+
+* items central refuses one by one (the ``failures`` of an ack) move to the
+  outbox's dead letters (cause ``refused:<REASON>``, central's message kept),
+  in the same transaction that removes their acknowledged batch — step 2's
+  "delete only when its ack arrives" still holds, the ack just tells which
+  items go to the dead letters instead of nowhere; each is logged (WARNING)
+  and counted (``aeterna_sync_refused_items_total``);
+* a batch central refuses as a whole with a status that says its content can
+  never be applied (INVALID_ARGUMENT, OUT_OF_RANGE, FAILED_PRECONDITION,
+  ALREADY_EXISTS; see ``api.central_client.refusal_of``) is retried like any
+  failure — after a failure the oldest batch is sent alone, so central's
+  answer is about that batch — and once central refused that same batch more
+  than ``maxRetries`` times it moves, whole, to the dead letters with central's
+  reason. We do not bisect it into new batches: the refusal is per batch (the
+  per-item judgement already happens at central), new batch ids and sequences
+  for its halves would have to be threaded through the ledger, and an
+  operator can requeue the dead letters (new sequence, new batch id) once the
+  cause is fixed. Its sequence is simply never applied: the next batch's
+  ``floor_sequence`` moves central's checkpoint past it. Any other failure
+  (UNAVAILABLE, deadlines, RESOURCE_EXHAUSTED, authentication) is the link's
+  or the configuration's, not the batch's, and the batch stays queued.
+
+A channel that cannot make progress while the link is online is *degraded*
+(``degraded()``): its last ``DEGRADED_AFTER_ROUNDS`` drain rounds gave up
+without acknowledging anything, or its oldest batch has not moved for longer
+than three of the channel's sync intervals (at least ``STUCK_AFTER_SECONDS``).
+``GetEdgeStatus``, ``aeterna status``, the ``aeterna_sync_degraded`` gauge
+and the ``aeterna.sync`` health service report it, and ``flush`` (FlushSync)
+answers UNAVAILABLE naming the channel and central's last answer instead of OK
+when a channel made no progress in it. The outbox refuses items before they
+are queued that central could not store (``aeterna_shared.limits``) or that
+would not fit a batch (``sync.batch.maxBytes``), and decisions and vectors
+are split into batches by size as well as by count.
+
+One limitation stays: a batch that central applied but whose ack was lost is
+dropped by the checkpoint on reconnect; if central refused some of its items,
+the edge never learns which (central logged them).
 """
 
 from __future__ import annotations
@@ -23,18 +68,29 @@ import contextlib
 import json
 import logging
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from aeterna_shared import limits
 from aeterna_shared.config import AeternaConfig
-from aeterna_shared.errors import Unavailable
+from aeterna_shared.errors import AeternaError, AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from edge_svc.backoff import backoff_delay
 from edge_svc.link import LinkMonitor
 from edge_svc.memory import SessionMemory
 from edge_svc.metrics import SyncMetrics
 from edge_svc.ports import Central
-from edge_svc.records import Channel, DecisionRecord, EpisodeRecord, JsonDict, OutboxBatch, VectorRecord
-from edge_svc.store.outbox import Outbox
+from edge_svc.records import (
+    Ack,
+    Channel,
+    DecisionRecord,
+    EpisodeRecord,
+    JsonDict,
+    OutboxBatch,
+    SessionChange,
+    VectorRecord,
+)
+from edge_svc.store.outbox import REFUSED_PREFIX, Outbox
 
 _log = logging.getLogger(__name__)
 
@@ -43,6 +99,59 @@ _WINDOW = 32
 # How long a drain of the decisions channel waits to gather more decisions.
 _DECISION_DRAIN_DELAY = 0.05
 _DRAIN_ORDER = (Channel.SESSIONS, Channel.VECTORS, Channel.EPISODES, Channel.DECISIONS)
+# What ``send`` raises when central refuses a batch for its content (``api.central_client.refusal_of``).
+_BATCH_REFUSALS = (InvalidArgument, FailedPrecondition, AlreadyExists)
+# Share of ``sync.batch.maxBytes`` a batch's items may take when encoded as the outbox holds them.
+_BATCH_BUDGET = 0.8
+
+DEGRADED_AFTER_ROUNDS = 2
+"""A channel whose last this many drain rounds gave up without progress (link online) is degraded."""
+STUCK_AFTER_SECONDS = 300.0
+"""The least time the oldest batch may sit still while online before its channel counts as degraded."""
+
+
+@dataclass
+class DrainResult:
+    """What one drain round achieved."""
+
+    batches: int = 0
+    """Batches acknowledged."""
+    items: int = 0
+    """Items acknowledged (applied, or already held) by central."""
+    dead_lettered: int = 0
+    """Items central refused, now in the dead letters."""
+    gave_up: bool = False
+    """The round ended after ``maxRetries`` failed sends; what was left stays queued."""
+    error: str = ""
+    """Central's (or the link's) last answer to a failed send."""
+
+    @property
+    def progress(self) -> bool:
+        """True when something left the queue for good (acknowledged or dead-lettered)."""
+        return bool(self.batches or self.dead_lettered)
+
+
+@dataclass
+class _ChannelHealth:
+    """What the drains saw of one channel, for ``degraded``."""
+
+    failed_rounds: int = 0
+    last_error: str = ""
+    head: str = ""
+    """Batch id of the oldest queued batch when a drain last looked ('' when the queue was empty)."""
+    head_since: float = 0.0
+    """Wall-clock time at which ``head`` became the oldest batch."""
+
+    def saw(self, batch_id: str) -> None:
+        if batch_id != self.head:
+            self.head, self.head_since = batch_id, time.time()
+
+    def round_ended(self, result: DrainResult) -> None:
+        if result.progress or not self.head:
+            self.failed_rounds, self.last_error = 0, ""
+        elif result.gave_up:
+            self.failed_rounds += 1
+            self.last_error = result.error
 
 
 @dataclass(frozen=True)
@@ -89,6 +198,14 @@ class SyncEngine:
             Channel.EPISODES: sync.memory_layers.episodic.interval.total_seconds(),
         }
         self._retry_base = max(min(config.central_server.health_check.interval.total_seconds() / 4, 1.0), 0.05)
+        self._item_budget = int(self._max_bytes * _BATCH_BUDGET)
+        self._health = {channel: _ChannelHealth() for channel in Channel}
+        # Per channel: (batch id, how many times in a row central refused that batch as a whole).
+        self._refusals: dict[Channel, tuple[str, int]] = {}
+        flush = sync.batch.flush_interval.total_seconds()
+        self._stuck_after = {
+            channel: max(STUCK_AFTER_SECONDS, 3 * self._intervals.get(channel, flush)) for channel in Channel
+        }
         self._locks = {channel: asyncio.Lock() for channel in Channel}
         self._collect_lock = asyncio.Lock()
         self._session_wake = asyncio.Event()
@@ -112,8 +229,17 @@ class SyncEngine:
         them, yet no caller is answered before its decision is on disk: an edge
         killed right after answering still replays that decision.
         """
+        limits.validate_decision(
+            decision_id=decision.decision_id,
+            principal=decision.principal,
+            action=decision.action,
+            resource=decision.resource,
+            metadata=decision.metadata or None,
+        )
+        item = decision.to_json()
+        self._fits(item, "decision")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._decision_buffer.append((decision.to_json(), future))
+        self._decision_buffer.append((item, future))
         if self._tasks:
             self._decision_arrived.set()
         else:
@@ -127,14 +253,49 @@ class SyncEngine:
         """Commit vectors written at the edge to the outbox, in batches of the vector-sync size."""
         if not (self._config.sync.enabled and self._config.sync.episodic_memory.vector_sync.enabled):
             return
+        items = []
+        for index, vector in enumerate(vectors):
+            limits.validate_vector(
+                vector_id=vector.vector_id,
+                values=vector.values,
+                region=vector.region,
+                payload=vector.payload or None,
+                field=f"vectors[{index}]",
+            )
+            items.append(vector.to_json())
+            self._fits(items[-1], f"vectors[{index}]")
         size = self._config.sync.episodic_memory.vector_sync.batch_size
-        for start in range(0, len(vectors), size):
-            chunk = [v.to_json() for v in vectors[start : start + size]]
-            await asyncio.to_thread(self._outbox.enqueue, Channel.VECTORS, chunk)
+        for start in range(0, len(items), size):
+            for chunk in _split_by_bytes(items[start : start + size], self._max_bytes):
+                await asyncio.to_thread(self._outbox.enqueue, Channel.VECTORS, chunk)
 
     async def queue_episode(self, episode: EpisodeRecord) -> OutboxBatch:
         """Commit one episode to the outbox (eventual mode; also the first step of strong mode)."""
-        return await asyncio.to_thread(self._outbox.enqueue, Channel.EPISODES, [episode.to_json()])
+        limits.validate_episode(
+            episode_id=episode.episode_id,
+            session_id=episode.session_id,
+            content=episode.content,
+            embedding=episode.embedding,
+            metadata=episode.metadata or None,
+        )
+        item = episode.to_json()
+        self._fits(item, "episode")
+        return await asyncio.to_thread(self._outbox.enqueue, Channel.EPISODES, [item])
+
+    def _fits(self, item: JsonDict, field: str) -> None:
+        """INVALID_ARGUMENT for an item that no batch could carry to central: it would block its channel.
+
+        (What central could not store is refused earlier, by the same checks
+        central runs, ``aeterna_shared.limits``; they run here again so that the
+        outbox never holds such an item, whatever path it came by.)
+        """
+        size = len(json.dumps(item, separators=(",", ":")))
+        if size > self._item_budget:
+            raise InvalidArgument.for_field(
+                field,
+                f"is {size} bytes encoded; a sync batch carries at most {self._item_budget} (sync.batch.maxBytes)",
+                reason="ITEM_TOO_LARGE",
+            )
 
     async def store_episode_now(self, episode: EpisodeRecord) -> None:
         """Strong mode: return only once central acknowledged the episode; Unavailable otherwise."""
@@ -145,6 +306,12 @@ class SyncEngine:
             )
         batch = await self.queue_episode(episode)
         await self.drain(Channel.EPISODES)
+        refused = await asyncio.to_thread(self._outbox.dead_letter_rows, Channel.EPISODES, batch.batch_id)
+        if refused:
+            raise InvalidArgument(
+                f"central refused the episode, it was not stored: {refused[0].detail or refused[0].reason}",
+                reason=refused[0].reason.removeprefix(REFUSED_PREFIX),
+            )
         if await asyncio.to_thread(self._outbox.contains, Channel.EPISODES, batch.sequence):
             await asyncio.to_thread(
                 self._outbox.discard, Channel.EPISODES, batch.sequence, "strong write not acknowledged by central"
@@ -163,18 +330,27 @@ class SyncEngine:
         queued = 0
         async with self._collect_lock:
             for _ in range(max_batches):
-                sessions, versions = await self._sessions.dirty(self._tenant, self._session_batch)
-                if not versions:
+                dirty = await self._sessions.dirty(self._tenant, self._session_batch)
+                if not dirty.versions:
                     break
-                present = {s.session_id for s in sessions}
-                for missing in set(versions) - present:
-                    _log.warning("session %s expired from the cache before it was synced", missing)
-                for chunk in _split_by_bytes([s.to_json() for s in sessions], self._max_bytes):
+                if dirty.missing:
+                    # Cannot happen with a store that keeps what it acknowledged; if it does, it is counted.
+                    lost = [{"id": sid, "kind": "missing"} for sid in dirty.missing]
+                    await asyncio.to_thread(
+                        self._outbox.bury, Channel.SESSIONS, lost, "session missing from the session store"
+                    )
+                    _log.warning(
+                        "%d dirty sessions were missing from the session store (it lost data): %s",
+                        len(dirty.missing),
+                        ", ".join(sorted(dirty.missing)[:10]),
+                    )
+                items = [change.to_json() for change in dirty.changes]
+                for chunk in _split_by_bytes(items, self._max_bytes):
                     await asyncio.to_thread(self._outbox.enqueue, Channel.SESSIONS, chunk)
                     queued += len(chunk)
                 # Only now, with the batch durable, may the dirty marks go.
-                await self._sessions.clear(self._tenant, versions)
-                if len(versions) < self._session_batch:
+                await self._sessions.clear(self._tenant, dirty.versions)
+                if len(dirty.versions) < self._session_batch:
                     break
         return queued
 
@@ -186,8 +362,9 @@ class SyncEngine:
         size = self._config.sync.batch.max_size
         try:
             for start in range(0, len(pending), size):
-                chunk = [record for record, _ in pending[start : start + size]]
-                await asyncio.to_thread(self._outbox.enqueue, Channel.DECISIONS, chunk)
+                records = [record for record, _ in pending[start : start + size]]
+                for chunk in _split_by_bytes(records, self._max_bytes):
+                    await asyncio.to_thread(self._outbox.enqueue, Channel.DECISIONS, chunk)
         except BaseException as error:
             failure = error if isinstance(error, Exception) else RuntimeError("decision commit was interrupted")
             for _, future in pending:
@@ -204,47 +381,154 @@ class SyncEngine:
 
     async def drain(self, channel: Channel) -> tuple[int, int]:
         """Send the channel's queued batches in order; returns (batches, items) acknowledged."""
-        batches_acked = items_acked = 0
+        result = await self.drain_round(channel)
+        return result.batches, result.items
+
+    async def drain_round(self, channel: Channel) -> DrainResult:
+        """One drain round of ``channel``: send its queued batches in order until it is empty or gives up."""
+        result = DrainResult()
+        health = self._health[channel]
         async with self._locks[channel]:
             await asyncio.to_thread(self._outbox.expire)
             failures = 0
             while self._link.online:
-                batches = await asyncio.to_thread(self._outbox.pending, channel, _WINDOW)
+                # After a failed send the oldest batch goes alone, so that central's answer is about it.
+                batches = await asyncio.to_thread(self._outbox.pending, channel, 1 if failures else _WINDOW)
                 if not batches:
+                    health.head = ""
                     break
+                health.saw(batches[0].batch_id)
+                refusal: tuple[str, str] | None = None
                 try:
                     acks = await self._central.send(channel, batches)
                 except Exception as error:
                     acks = []
-                    _log.warning("sending %d %s batches failed: %s", len(batches), channel.value, error)
+                    result.error = _describe(error)
+                    if isinstance(error, _BATCH_REFUSALS):
+                        refusal = (error.reason, error.message)
+                    _log.warning("sending %d %s batches failed: %s", len(batches), channel.value, result.error)
                     if self._metrics is not None:
                         self._metrics.send_failed(channel, len(batches))
                 if acks:
-                    for ack in acks:
-                        if self._metrics is not None:
-                            self._metrics.acked(channel, ack)
-                        for item_id, reason, message in ack.failures:
-                            _log.error(
-                                "central refused %s item %s in batch %s: %s (%s)",
-                                channel.value,
-                                item_id,
-                                ack.batch_id,
-                                reason,
-                                message,
-                            )
-                    checkpoint = max(a.checkpoint for a in acks)
-                    removed = await asyncio.to_thread(self._outbox.ack, channel, [a.sequence for a in acks], checkpoint)
-                    batches_acked += len(acks)
-                    items_acked += removed
+                    await self._settle(channel, acks, result)
+                    if channel is Channel.SESSIONS:
+                        await self._release_sessions(batches, acks)
                 if len(acks) == len(batches):
                     failures = 0
                     continue
                 failures += 1
+                if refusal is not None and await self._refused(channel, batches[0], refusal, result):
+                    failures = 0
+                    continue
                 if failures > self._retries[channel]:
-                    _log.warning("%s: giving up after %d retries; batches stay queued", channel.value, failures - 1)
+                    _log.warning(
+                        "%s: giving up after %d retries; batches stay queued (last error: %s)",
+                        channel.value,
+                        failures - 1,
+                        result.error or "central answered only part of the window",
+                    )
+                    result.gave_up = True
                     break
                 await asyncio.sleep(backoff_delay(failures - 1, self._retry_base, 30.0))
-        return batches_acked, items_acked
+        health.round_ended(result)
+        return result
+
+    async def _release_sessions(self, batches: Sequence[OutboxBatch], acks: Sequence[Ack]) -> None:
+        """Central has these sessions now: their local copies may expire (step 4 of the order above)."""
+        acked = {ack.sequence for ack in acks}
+        changes = [SessionChange.from_json(item) for b in batches if b.sequence in acked for item in b.items]
+        await self._sessions.release(self._tenant, changes)
+
+    async def _settle(self, channel: Channel, acks: Sequence[Ack], result: DrainResult) -> None:
+        """Remove acknowledged batches; the items central refused in them go to the dead letters, in one commit."""
+        refused = {ack.sequence: ack.failures for ack in acks if ack.failures}
+        removed, moved = await asyncio.to_thread(
+            self._outbox.ack_refusing, channel, [a.sequence for a in acks], max(a.checkpoint for a in acks), refused
+        )
+        for ack in acks:
+            if self._metrics is not None:
+                self._metrics.acked(channel, ack)
+        for item in moved:
+            _log.warning(
+                "central refused %s item %s (batch %s, sequence %d): %s: %s; moved to the dead letters",
+                channel.value,
+                item.item_id,
+                item.batch_id,
+                item.sequence,
+                item.reason,
+                item.message,
+            )
+            if self._metrics is not None:
+                self._metrics.dead_lettered(channel, item.reason, 1)
+        held = {(item.sequence, item.item_id) for item in moved}
+        for ack in acks:
+            for item_id, reason, message in ack.failures:
+                if (ack.sequence, item_id) not in held:
+                    _log.warning(
+                        "central refused %s item %r of batch %s, which holds no such item: %s (%s)",
+                        channel.value,
+                        item_id,
+                        ack.batch_id,
+                        reason,
+                        message,
+                    )
+        if self._refusals.get(channel, ("", 0))[0] in {ack.batch_id for ack in acks}:
+            del self._refusals[channel]
+        result.batches += len(acks)
+        result.items += removed - len(moved)
+        result.dead_lettered += len(moved)
+
+    async def _refused(
+        self, channel: Channel, batch: OutboxBatch, refusal: tuple[str, str], result: DrainResult
+    ) -> bool:
+        """Count central's refusal of ``batch`` as a whole; past ``maxRetries`` in a row it goes to the dead letters.
+
+        Returns True when the batch was moved out (the drain goes on with the next one).
+        """
+        seen, count = self._refusals.get(channel, ("", 0))
+        count = count + 1 if seen == batch.batch_id else 1
+        self._refusals[channel] = (batch.batch_id, count)
+        if count <= self._retries[channel]:
+            return False
+        del self._refusals[channel]
+        reason, message = refusal
+        moved = await asyncio.to_thread(self._outbox.discard, channel, batch.sequence, REFUSED_PREFIX + reason, message)
+        ids = [str(item.get("id", "")) for item in batch.items]
+        _log.warning(
+            "central refused %s batch %s (sequence %d) as a whole %d times: %s; its %d items moved to the "
+            "dead letters: %s",
+            channel.value,
+            batch.batch_id,
+            batch.sequence,
+            count,
+            message,
+            moved,
+            ", ".join(ids[:20]) + (", ..." if len(ids) > 20 else ""),
+        )
+        if self._metrics is not None and moved:
+            self._metrics.dead_lettered(channel, reason, moved)
+        result.dead_lettered += moved
+        return True
+
+    def degraded(self) -> dict[Channel, str]:
+        """The channels that cannot make progress although the link is online, each with why (see above).
+
+        Empty while the link is offline: an offline edge is offline, not degraded.
+        """
+        if not self._link.online:
+            return {}
+        now = time.time()
+        online_since = self._link.state.changed_at
+        found: dict[Channel, str] = {}
+        for channel, health in self._health.items():
+            last = f"; central's last answer: {health.last_error}" if health.last_error else ""
+            if health.failed_rounds >= DEGRADED_AFTER_ROUNDS:
+                found[channel] = f"the last {health.failed_rounds} send rounds made no progress{last}"
+                continue
+            still = now - max(health.head_since, online_since)
+            if health.head and still > self._stuck_after[channel]:
+                found[channel] = f"its oldest batch has not moved for {still:.0f} s while online{last}"
+        return found
 
     async def resume(self) -> None:
         """After a (re)connect: drop what central already applied, then drain every channel in order."""
@@ -269,7 +553,7 @@ class SyncEngine:
             await self.drain(channel)
 
     async def flush(self) -> FlushResult:
-        """Collect and send everything now; Unavailable while offline."""
+        """Collect and send everything now; Unavailable while offline, or when a channel made no progress."""
         if not self._link.online:
             raise Unavailable(
                 "the edge is offline from central; everything stays queued until the link is back",
@@ -278,11 +562,23 @@ class SyncEngine:
         await self.collect_sessions()
         await self.commit_decisions()
         batches = items = 0
+        stuck: list[tuple[Channel, str]] = []
         for channel in _DRAIN_ORDER:
-            acked_batches, acked_items = await self.drain(channel)
-            batches += acked_batches
-            items += acked_items
+            result = await self.drain_round(channel)
+            batches += result.batches
+            items += result.items
+            if result.gave_up and not result.progress and self._link.online:
+                stuck.append((channel, result.error or "central answered only part of the batches"))
         pending = sum(s.pending_items for s in await asyncio.to_thread(self._outbox.stats))
+        if stuck:
+            # Not OK: items that an agent was told are on their way are stuck; say where and why.
+            raise Unavailable(
+                "sync made no progress although central is online: "
+                + "; ".join(f"{channel.value} channel: {error}" for channel, error in stuck)
+                + f" ({pending} items stay queued)",
+                reason="SYNC_STUCK",
+                metadata={"channels": ",".join(channel.value for channel, _ in stuck), "pending_items": str(pending)},
+            )
         return FlushResult(batches, items, pending)
 
     # --- loops ----------------------------------------------------------------------
@@ -364,9 +660,20 @@ class SyncEngine:
             _log.exception("sync round failed; it will be retried next round")
 
 
+def _describe(error: BaseException) -> str:
+    """One line about a failed send: central's status and message, or the error."""
+    if isinstance(error, AeternaError):
+        return f"{error.message} [{error.reason}]"
+    code, details = getattr(error, "code", None), getattr(error, "details", None)
+    if callable(code) and callable(details):  # a gRPC error, described without importing grpc here
+        name = getattr(code(), "name", code())
+        return f"{name}: {details()}"
+    return f"{type(error).__name__}: {error}"[:500]
+
+
 def _split_by_bytes(items: list[JsonDict], max_bytes: int) -> list[list[JsonDict]]:
     """Split items so that each chunk stays under ``max_bytes`` when encoded (with headroom)."""
-    budget = int(max_bytes * 0.8)
+    budget = int(max_bytes * _BATCH_BUDGET)
     chunks: list[list[JsonDict]] = []
     current: list[JsonDict] = []
     size = 0

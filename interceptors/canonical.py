@@ -8,7 +8,7 @@ entries sorted by key), which every official protobuf runtime offers:
   so it is not part of what the agent wrote);
 * a batch signature is the HMAC-SHA256 of the whole request with
   ``header.signature`` cleared (so it covers ``batch_id``, ``sequence``,
-  ``agent_id``, ``region``, ``sent_time`` and every item);
+  ``agent_id``, ``region``, ``sent_time``, ``incarnation_id`` and every item);
 * ``verify_batch`` checks a batch's signature (constant time) and the
   freshness of its ``sent_time`` (the replay window).
 """
@@ -35,12 +35,12 @@ class SignedRequest(Protocol):
     def SerializeToString(self, *, deterministic: bool = ...) -> bytes: ...
 
 
-def session_checksum(session: memory_pb2.Session) -> str:
-    """Hex SHA-256 of the session's canonical encoding."""
+def session_checksum(session: memory_pb2.Session | sync_pb2.SessionAppend) -> str:
+    """Hex SHA-256 of the canonical encoding of a session (or of a session append)."""
     if not session.checksum and not session.tenant_id:
         return hashlib.sha256(session.SerializeToString(deterministic=True)).hexdigest()
-    copy = memory_pb2.Session()
-    copy.CopyFrom(session)
+    copy = type(session)()
+    copy.CopyFrom(session)  # type: ignore[arg-type]  # same type as ``session``
     copy.checksum = ""
     copy.tenant_id = ""
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()

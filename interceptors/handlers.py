@@ -46,8 +46,21 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return deserialize
 
 
-async def _reject_undecodable(context: aio.ServicerContext[Any, Any]) -> None:
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _UNDECODABLE_MESSAGE)
+class CallEnded(Exception):
+    """The call's final status is set: the wrapper of the interceptor whose hook raised this ends the call.
+
+    ``interceptors.errors.abort`` raises it instead of grpc's ``context.abort``,
+    whose ``AbortError`` grpc keeps in the call's state while its traceback holds
+    every frame it crossed, each holding the context that holds that state: a
+    reference cycle that keeps a refused call's frames — and the request in
+    them, megabytes for a sync batch — alive until a full garbage collection.
+    This exception is caught one frame up and dropped, so nothing stays.
+    """
+
+
+def _reject_undecodable(context: aio.ServicerContext[Any, Any]) -> None:
+    context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+    context.set_details(_UNDECODABLE_MESSAGE)
 
 
 async def _checked(requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
@@ -102,8 +115,12 @@ def wrap_handler(
 
         async def unary_unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             if request is _UNDECODABLE:
-                await _reject_undecodable(context)
-            return await hooks.unary(method, context, lambda: inner_uu(request, context))
+                _reject_undecodable(context)
+                return None
+            try:
+                return await hooks.unary(method, context, lambda: inner_uu(request, context))
+            except CallEnded:
+                return None
 
         return grpc.unary_unary_rpc_method_handler(
             unary_unary, _tolerant(handler.request_deserializer), handler.response_serializer
@@ -116,9 +133,13 @@ def wrap_handler(
         # would be iterated synchronously and fail.
         async def unary_stream(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             if request is _UNDECODABLE:
-                await _reject_undecodable(context)
-            async for item in hooks.stream(method, context, _as_async_iter(inner_us(request, context))):
-                yield item
+                _reject_undecodable(context)
+                return
+            try:
+                async for item in hooks.stream(method, context, _as_async_iter(inner_us(request, context))):
+                    yield item
+            except CallEnded:
+                return
 
         return grpc.unary_stream_rpc_method_handler(
             unary_stream, _tolerant(handler.request_deserializer), handler.response_serializer
@@ -128,7 +149,10 @@ def wrap_handler(
 
         async def stream_unary(requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]) -> Any:
             wrapped = hooks.requests(method, context, _checked(requests, context))
-            return await hooks.unary(method, context, lambda: inner_su(wrapped, context))
+            try:
+                return await hooks.unary(method, context, lambda: inner_su(wrapped, context))
+            except CallEnded:
+                return None
 
         return grpc.stream_unary_rpc_method_handler(
             stream_unary, _tolerant(handler.request_deserializer), handler.response_serializer
@@ -137,8 +161,11 @@ def wrap_handler(
 
     async def stream_stream(requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         wrapped = hooks.requests(method, context, _checked(requests, context))
-        async for item in hooks.stream(method, context, _as_async_iter(inner_ss(wrapped, context))):
-            yield item
+        try:
+            async for item in hooks.stream(method, context, _as_async_iter(inner_ss(wrapped, context))):
+                yield item
+        except CallEnded:
+            return
 
     return grpc.stream_stream_rpc_method_handler(
         stream_stream, _tolerant(handler.request_deserializer), handler.response_serializer

@@ -138,28 +138,33 @@ class _MetricHooks(PassThrough):
 
     async def unary(self, method: str, context: aio.ServicerContext[Any, Any], call: UnaryCall) -> Any:
         start = time.perf_counter()
-        error: BaseException | None = None
+        failed: grpc.StatusCode | None = None
         try:
             return await call()
         except BaseException as caught:
-            error = caught
+            # Keep the code, never the exception: a local holding it would close a reference
+            # cycle (exception -> traceback -> this frame -> exception) that keeps every frame
+            # of the failed call alive, request batches included, until a full GC run.
+            failed = _status_of(context, caught)
             raise
         finally:
-            self._metrics.observe(method, _status_of(context, error), time.perf_counter() - start)
+            code = failed if failed is not None else _status_of(context, None)
+            self._metrics.observe(method, code, time.perf_counter() - start)
 
     async def stream(
         self, method: str, context: aio.ServicerContext[Any, Any], responses: AsyncIterator[Any]
     ) -> AsyncIterator[Any]:
         start = time.perf_counter()
-        error: BaseException | None = None
+        failed: grpc.StatusCode | None = None
         try:
             async for item in responses:
                 yield item
         except BaseException as caught:
-            error = caught
+            failed = _status_of(context, caught)  # the code only, as in ``unary``
             raise
         finally:
-            self._metrics.observe(method, _status_of(context, error), time.perf_counter() - start)
+            code = failed if failed is not None else _status_of(context, None)
+            self._metrics.observe(method, code, time.perf_counter() - start)
 
 
 class MetricsInterceptor(HookedInterceptor):

@@ -14,10 +14,12 @@ from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
 from aeterna_shared.errors import InvalidArgument
+from aeterna_shared.limits import MAX_EPOCH_SECONDS, MIN_EPOCH_SECONDS
 
-# 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, the range the Timestamp spec allows.
-MIN_SECONDS = -62_135_596_800
-MAX_SECONDS = 253_402_300_799
+# 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, the range the Timestamp spec allows
+# (one definition, in ``aeterna_shared.limits``, with the rest of what central can store).
+MIN_SECONDS = MIN_EPOCH_SECONDS
+MAX_SECONDS = MAX_EPOCH_SECONDS
 
 
 def check_timestamp(stamp: timestamp_pb2.Timestamp, field: str) -> None:

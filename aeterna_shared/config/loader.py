@@ -4,6 +4,15 @@ Env overrides name a key by its snake_case path in upper case, segments joined
 by a double underscore and prefixed with ``AETERNA_``; for example
 ``AETERNA_SYNC__BATCH__MAX_SIZE=50`` sets ``sync.batch.maxSize``. Every error
 names the key (in the YAML's camelCase spelling) and says what was expected.
+
+Relative paths: a path key written in a config file (``edge.dataDir``,
+``central.dataDir``, ``tls.certFile``, ``sync.signing.keyFile``, ... every
+field of the model whose name ends in ``_dir``, ``_file`` or ``_path``, see
+``path_keys``) is relative to that file's folder, so that
+``aeterna edge --config examples/edge.yaml`` works from any directory. A path
+given through an env override is relative to the current directory, as on a
+command line; both become absolute at load. Defaults (``var/edge``, ...) stay
+as they are and so are relative to the current directory when used.
 """
 
 from __future__ import annotations
@@ -16,11 +25,13 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from aeterna_shared.config.model import AeternaConfig
 from aeterna_shared.errors import AeternaError
 
 ENV_PREFIX = "AETERNA_"
+_PATH_SUFFIXES = ("_dir", "_file", "_path")
 # Variables with the prefix that are not key overrides.
 _RESERVED_ENV = frozenset({"AETERNA_CONFIG", "AETERNA_HOME"})
 
@@ -41,14 +52,57 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     document: dict[str, Any] = {}
     if path is not None:
         document = _read_yaml(Path(path))
+        _absolute_paths(document, Path(path).absolute().parent)
     env = os.environ if environ is None else environ
     for name, raw in sorted(env.items()):
         if name.startswith(ENV_PREFIX) and name not in _RESERVED_ENV:
             _apply_override(document, name, raw)
+    # The file's paths are absolute by now: what is still relative came from the environment.
+    _absolute_paths(document, Path.cwd())
     try:
         return AeternaConfig.model_validate(document)
     except ValidationError as error:
         raise ConfigError(_describe(error, path)) from None
+
+
+def path_keys(model: type[BaseModel] = AeternaConfig) -> list[tuple[str, ...]]:
+    """Field-name paths of every path-typed key: fields named ``*_dir``, ``*_file`` or ``*_path``."""
+    found: list[tuple[str, ...]] = []
+    for name, field in model.model_fields.items():
+        nested = _section(field)
+        if nested is not None:
+            found += [(name, *rest) for rest in path_keys(nested)]
+        elif name.endswith(_PATH_SUFFIXES):
+            found.append((name,))
+    return found
+
+
+def _section(field: FieldInfo) -> type[BaseModel] | None:
+    annotation = field.annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _absolute_paths(document: dict[str, Any], base: Path) -> None:
+    """Make every relative path key in ``document`` (YAML or env spelling) absolute against ``base``."""
+    for keys in path_keys():
+        _absolute_at(document, AeternaConfig, keys, base)
+
+
+def _absolute_at(target: Any, model: type[BaseModel], keys: tuple[str, ...], base: Path) -> None:
+    if not isinstance(target, dict):
+        return
+    field = model.model_fields[keys[0]]
+    # The YAML may use the camelCase alias or (populate_by_name) the field name itself.
+    for spelling in {field.alias or keys[0], keys[0]}:
+        if spelling not in target:
+            continue
+        value = target[spelling]
+        if len(keys) > 1:
+            nested = _section(field)
+            if nested is not None:
+                _absolute_at(value, nested, keys[1:], base)
+        elif isinstance(value, str) and value and not Path(value).is_absolute():
+            target[spelling] = str(base / value)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

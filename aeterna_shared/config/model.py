@@ -61,8 +61,9 @@ class SessionLayer(Section):
     """How long a session stays in the edge cache after it was last synced. A session with changes
     central has not acknowledged never expires and is never evicted."""
     max_size: ByteSize = 0
-    """Memory bound of the session store (Redis `maxmemory` with `noeviction`); when it is full,
-    session writes are refused with RESOURCE_EXHAUSTED and a retry delay. 0: no bound."""
+    """Memory bound of the session store (Redis `maxmemory`, policy `volatile-lru`): only synced copies
+    can be evicted; when nothing else can go, session writes are refused with RESOURCE_EXHAUSTED and a
+    retry delay. 0: no bound."""
 
 
 class CacheLayers(Section):
@@ -77,8 +78,9 @@ class CacheConfig(Section):
     """Cache server kind; both speak the Redis protocol."""
     url: str | None = None
     """redis:// URL of the session store (and of working memory unless ``workingUrl`` is set).
-    It must not evict (maxmemory-policy noeviction) and must persist every write (appendonly yes);
-    the edge checks both at start. Unset: the edge starts and owns local redis-servers."""
+    It may evict only keys with a TTL (maxmemory-policy volatile-lru, or noeviction) and must persist
+    every write (appendonly yes); the edge checks both at start. Unset: the edge starts and owns local
+    redis-servers."""
     working_url: str | None = None
     """redis:// URL of a separate cache for working memory alone (may evict). Unset with ``url``
     set: working memory shares the session store and never evicts."""

@@ -63,6 +63,7 @@ def batch_meta(request: SignedRequest, channel: Channel) -> BatchMeta:
         batch_id=header.batch_id,
         sequence=header.sequence,
         floor_sequence=header.floor_sequence,
+        incarnation_id=header.incarnation_id,
         agent_id=header.agent_id,
         region=header.region,
         sent_time=to_datetime(header.sent_time, header.HasField("sent_time"), "header.sent_time"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from enum import IntEnum
 from typing import Any, TypeVar
@@ -12,6 +12,7 @@ from aeterna.policy.v1 import decision_pb2
 from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
 from grpc import aio
 
+from aeterna_shared import limits
 from aeterna_shared.config import AeternaConfig
 from aeterna_shared.errors import InvalidArgument, Unauthenticated
 from central_svc import page_tokens
@@ -23,17 +24,18 @@ from central_svc.api.convert import (
     to_datetime,
     to_timestamp,
 )
-from central_svc.batches import Ack, BatchMeta, Channel, check_header
+from central_svc.batches import Ack, BatchMeta, Channel, check_header, check_incarnation_id
 from central_svc.deps import CentralDeps
 from central_svc.episodes import EpisodeFilter, EpisodeRecord
 from central_svc.replay import ConflictRecord, ConflictState, DecisionRecord, Resolution
-from central_svc.sessions import SessionRecord
+from central_svc.sessions import SessionAppendRecord, SessionRecord
 from central_svc.vectors import VectorQuery, VectorRecord
 from interceptors.canonical import SignedRequest, session_checksum, signature_matches
 from interceptors.identity import Identity, current_identity
 from interceptors.keys import SigningKeyring
 
 _E = TypeVar("_E", bound=IntEnum)
+_T = TypeVar("_T")
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -94,7 +96,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
     ) -> AsyncIterator[sync_pb2.SyncSessionsResponse]:
         """One ack per batch, in arrival order."""
         async for request in request_iterator:
-            meta, identity = self._admit(request, Channel.SESSIONS, len(request.sessions))
+            meta, identity = self._admit(request, Channel.SESSIONS, len(request.sessions) + len(request.appends))
             records = [
                 SessionRecord(
                     session_id=s.session_id,
@@ -106,10 +108,42 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                     computed_checksum=session_checksum(s),
                     claimed_tenant_id=s.tenant_id,
                     data=s.SerializeToString(deterministic=True),
+                    problem=limits.problem_of(
+                        limits.validate_session_item,
+                        session_id=s.session_id,
+                        user_id=s.user_id,
+                        messages=s.messages,
+                        state=s.state,
+                        field=f"sessions[{index}]",
+                    ),
                 )
-                for s in request.sessions
+                for index, s in enumerate(request.sessions)
             ]
-            ack = await self._deps.sessions.ingest(meta, identity.tenant_id, records)
+            appends = [
+                SessionAppendRecord(
+                    session_id=a.session_id,
+                    user_id=a.user_id,
+                    last_activity=to_datetime(
+                        a.last_activity_time, a.HasField("last_activity_time"), "appends.last_activity_time"
+                    ),
+                    checksum=a.checksum,
+                    computed_checksum=session_checksum(a),
+                    claimed_tenant_id=a.tenant_id,
+                    message_ids=tuple(m.message_id for m in a.messages),
+                    data=a.SerializeToString(deterministic=True),
+                    problem=limits.problem_of(
+                        limits.validate_session_item,
+                        session_id=a.session_id,
+                        user_id=a.user_id,
+                        messages=a.messages,
+                        state=a.state_patch,
+                        field=f"appends[{index}]",
+                        state_field="state_patch",
+                    ),
+                )
+                for index, a in enumerate(request.appends)
+            ]
+            ack = await self._deps.sessions.ingest(meta, identity.tenant_id, records, appends)
             yield sync_pb2.SyncSessionsResponse(ack=self._ack(ack, Channel.SESSIONS))
 
     async def GetSession(self, request: sync_pb2.GetSessionRequest, context: Context) -> sync_pb2.GetSessionResponse:
@@ -126,8 +160,9 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
     async def GetSyncCheckpoint(
         self, request: sync_pb2.GetSyncCheckpointRequest, context: Context
     ) -> sync_pb2.GetSyncCheckpointResponse:
-        """The caller's checkpoints."""
-        checkpoints = await self._deps.ledger.checkpoints(current_identity().agent_id)
+        """The caller's checkpoints, for the incarnation asked for."""
+        check_incarnation_id(request.incarnation_id, "incarnation_id")
+        checkpoints = await self._deps.ledger.checkpoints(current_identity().agent_id, request.incarnation_id)
         return sync_pb2.GetSyncCheckpointResponse(
             checkpoints=[
                 sync_pb2.ChannelCheckpoint(channel=channel, sequence=sequence)  # type: ignore[arg-type]
@@ -144,17 +179,26 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         async for request in request_iterator:
             meta, identity = self._admit(request, Channel.VECTORS, len(request.vectors))
             now = self._deps.clock()
-            records = [
-                VectorRecord(
-                    vector_id=v.vector_id,
-                    values=list(v.values),
-                    region=v.region or meta.region,
-                    payload_json=struct_json(v.payload) if v.HasField("payload") else "{}",
-                    update_time=to_datetime(v.update_time, v.HasField("update_time"), "vectors.update_time") or now,
-                    claimed_tenant_id=v.tenant_id,
+            records = []
+            for index, v in enumerate(request.vectors):
+                # A value without a stored form fails this item alone (see ``_item``), not the batch.
+                payload, bad_payload = (
+                    _item(struct_json, v.payload, f"vectors[{index}].payload") if v.HasField("payload") else ("{}", "")
                 )
-                for v in request.vectors
-            ]
+                update_time, bad_time = _item(
+                    to_datetime, v.update_time, v.HasField("update_time"), f"vectors[{index}].update_time"
+                )
+                records.append(
+                    VectorRecord(
+                        vector_id=v.vector_id,
+                        values=list(v.values),
+                        region=v.region or meta.region,
+                        payload_json=payload or "{}",
+                        update_time=update_time or now,
+                        claimed_tenant_id=v.tenant_id,
+                        problem=bad_payload or bad_time,
+                    )
+                )
             ack = await self._deps.vectors.ingest(meta, identity.tenant_id, records)
             yield sync_pb2.SyncVectorsResponse(ack=self._ack(ack, Channel.VECTORS))
 
@@ -197,18 +241,22 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         """Store decisions and settle conflicts by the configured policy."""
         meta, identity = self._admit(request, Channel.DECISIONS, len(request.decisions))
         records = []
-        for decision in request.decisions:
+        for index, decision in enumerate(request.decisions):
             # The deciding agent is the credential's, whatever the payload said.
             decision.agent_id = identity.agent_id
+            decide_time, bad_time = _item(
+                to_datetime, decision.decide_time, decision.HasField("decide_time"), f"decisions[{index}].decide_time"
+            )
             records.append(
                 DecisionRecord(
                     decision_id=decision.decision_id,
                     resource=decision.resource,
                     action=decision.action,
-                    decide_time=to_datetime(
-                        decision.decide_time, decision.HasField("decide_time"), "decisions.decide_time"
-                    ),
+                    decide_time=decide_time,
                     data=decision.SerializeToString(deterministic=True),
+                    principal=decision.principal,
+                    metadata=decision.metadata if decision.HasField("metadata") else None,
+                    problem=bad_time,
                 )
             )
         ack = await self._deps.decisions.replay(meta, identity.tenant_id, records)
@@ -267,8 +315,11 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         """Idempotent append."""
         meta, identity = self._admit(request, Channel.EPISODES, len(request.episodes))
         records = []
-        for episode in request.episodes:
+        for index, episode in enumerate(request.episodes):
             episode.agent_id = episode.agent_id or identity.agent_id
+            occur_time, bad_time = _item(
+                to_datetime, episode.occur_time, episode.HasField("occur_time"), f"episodes[{index}].occur_time"
+            )
             records.append(
                 EpisodeRecord(
                     episode_id=episode.episode_id,
@@ -276,9 +327,11 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                     agent_id=identity.agent_id,
                     content=episode.content,
                     embedding=list(episode.embedding),
-                    occur_time=to_datetime(episode.occur_time, episode.HasField("occur_time"), "episodes.occur_time"),
+                    occur_time=occur_time,
                     data=episode.SerializeToString(deterministic=True),
                     claimed_tenant_id=episode.tenant_id,
+                    metadata=episode.metadata if episode.HasField("metadata") else None,
+                    problem=bad_time,
                 )
             )
         ack = await self._deps.episodes.append(meta, identity.tenant_id, records)
@@ -348,11 +401,27 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                     state=int(v.state),  # type: ignore[arg-type]
                     last_sync_time=to_timestamp(v.row.last_sync_at),
                     last_seen_time=to_timestamp(v.row.last_seen_at),
+                    incarnation_id=v.row.incarnation_id,
+                    incarnation_start_time=to_timestamp(v.row.incarnation_started_at),
+                    incarnation_count=v.row.incarnation_count,
                 )
                 for v in views
             ],
             next_page_token=token,
         )
+
+
+def _item(convert: Callable[..., _T | None], *arguments: Any) -> tuple[_T | None, str]:
+    """(value, "") when one item's field converts, (None, message naming the field) when it does not.
+
+    Central judges batch items one by one: a value without a stored form (a
+    timestamp out of range, a payload that is not JSON) makes that item an
+    ``ItemFailure`` in the ack, while the rest of the batch is applied.
+    """
+    try:
+        return convert(*arguments), ""
+    except InvalidArgument as error:
+        return None, error.message
 
 
 def _conflict(record: ConflictRecord) -> sync_pb2.Conflict:

@@ -13,6 +13,17 @@ from psycopg_pool import AsyncConnectionPool
 from aeterna_shared.errors import InvalidArgument, Unavailable
 from central_svc.store.urls import psycopg_conninfo
 
+DATA_SQLSTATE_CLASSES = ("22", "54")
+"""SQLSTATE classes caused by the data itself: data exception, program limit exceeded."""
+
+
+def is_data_error(error: psycopg.Error) -> bool:
+    """True when PostgreSQL (or psycopg) refused a value, not when the database failed."""
+    if isinstance(error, psycopg.DataError):
+        return True
+    sqlstate = error.sqlstate or ""
+    return sqlstate[:2] in DATA_SQLSTATE_CLASSES
+
 
 class Database:
     """An async psycopg pool on central's database.
@@ -41,17 +52,20 @@ class Database:
         try:
             async with self._pool.connection() as connection:
                 yield connection
-        except psycopg.OperationalError as error:
-            raise Unavailable(
-                "central's database is unreachable; retry later", reason="DATABASE_UNAVAILABLE"
-            ) from error
-        except psycopg.DataError as error:
-            # A data exception (SQLSTATE class 22, or psycopg refusing a NUL in a
-            # text value) always comes from a value the request carried.
-            raise InvalidArgument(
-                f"a value in the request cannot be stored: {error.diag.message_primary or error}",
-                reason="UNSTORABLE_VALUE",
-            ) from None
+        except psycopg.Error as error:
+            if is_data_error(error):
+                # A data exception (class 22: a NUL, a value out of range; psycopg refusing a NUL
+                # itself) or a program limit (class 54: an index row too large) always comes from a
+                # value the request carried: retrying cannot help, so it is no UNAVAILABLE.
+                raise InvalidArgument(
+                    f"a value in the request cannot be stored: {error.diag.message_primary or error}",
+                    reason="UNSTORABLE_VALUE",
+                ) from None
+            if isinstance(error, psycopg.OperationalError):
+                raise Unavailable(
+                    "central's database is unreachable; retry later", reason="DATABASE_UNAVAILABLE"
+                ) from error
+            raise
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection[tuple[Any, ...]]]:

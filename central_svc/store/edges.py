@@ -27,7 +27,8 @@ class PostgresEdgeStore:
     async def page(self, tenant_id: str | None, after: str, limit: int) -> list[EdgeRow]:
         """Rows by agent id."""
         sql = (
-            "SELECT agent_id, tenant_id, region, last_sync_at, last_seen_at, departed_at FROM edges WHERE agent_id > %s"
+            "SELECT agent_id, tenant_id, region, last_sync_at, last_seen_at, departed_at,"
+            " incarnation_id, incarnation_started_at, incarnation_count FROM edges WHERE agent_id > %s"
         )
         params: list[Any] = [after]
         if tenant_id is not None:

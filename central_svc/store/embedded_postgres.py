@@ -8,6 +8,21 @@ pg_ctl run as a dedicated system user that owns the data directory).
 
 The server listens on a Unix socket only (no TCP port to collide with other
 processes on a shared machine).
+
+One owner per data directory (``aeterna_shared.process_lock``): the first
+``start()`` takes an exclusive lock on ``<data_dir>/owner.lock`` and holds it
+until ``stop()`` (or the owner's death), so a second central on the same
+directory is refused with ``DATA_DIR_IN_USE`` naming the directory and the
+pid holding it. PostgreSQL's own ``postmaster.pid`` is the server's pid file.
+``pg_ctl`` detaches the postmaster from its caller on purpose (its own
+session), so a central killed with SIGKILL leaves it running; the next owner,
+once it holds the lock, finds it there (alive, and ``/proc/<pid>/cmdline`` is
+``postgres -D <this pgdata>``) and stops it cleanly (``pg_ctl stop -m fast``,
+SIGKILL only if that fails) before starting its own, so settings always come
+from the current owner. A ``postmaster.pid`` naming a pid that is now some
+other process (pids are reused, e.g. after a container restart) would make
+PostgreSQL refuse to start: it is removed, and that process is left alone,
+when no process works in the data directory any more.
 """
 
 from __future__ import annotations
@@ -26,6 +41,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote
+
+from aeterna_shared.process_lock import DataDirLock, is_server_of, processes_working_in
 
 
 def _wheel_bin_path() -> Path:
@@ -111,6 +128,7 @@ class EmbeddedPostgres:
         self._settings = {**_BASE_SETTINGS, **(settings or {})}
         self._user = _run_as()
         self._socket_dir = self._choose_socket_dir()
+        self._lock: DataDirLock | None = None
 
     def _choose_socket_dir(self) -> Path:
         if len(str(self.root / ".s.PGSQL.5432")) <= _MAX_SOCKET_PATH:
@@ -177,21 +195,36 @@ class EmbeddedPostgres:
                 timeout=120,
             )
 
-    def pid(self) -> int | None:
-        """The postmaster's pid when a server is running on this data directory."""
+    def _pid_in_file(self) -> int | None:
+        """The pid ``postmaster.pid`` names, whatever that process is now."""
         try:
             first = (self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0]
-            pid = int(first)
+            return int(first)
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid) else None
+
+    def pid(self) -> int | None:
+        """The postmaster's pid when a server is running on this data directory.
+
+        The pid file can outlive its server; only a live ``postgres -D <pgdata>``
+        under that pid counts.
+        """
+        pid = self._pid_in_file()
+        if pid is None or not is_server_of(pid, executable="postgres", directory=self.pgdata):
+            return None
+        return pid
 
     def is_running(self) -> bool:
         """True when a postmaster runs on this data directory."""
         return self.pid() is not None
 
     def start(self, timeout: float = 60.0) -> EmbeddedPostgres:
-        """Initialize (first time) and start the server; a no-op when it already runs."""
+        """Own the data directory, initialize (first time) and start the server; a no-op when it already runs.
+
+        Raises ``FailedPrecondition`` (``DATA_DIR_IN_USE``) when another
+        process owns the directory.
+        """
+        self._own(timeout)
         if self.is_running():
             return self
         self._prepare()
@@ -215,8 +248,52 @@ class EmbeddedPostgres:
         _log.info("PostgreSQL running (socket in %s)", self._socket_dir)
         return self
 
+    @property
+    def owned(self) -> bool:
+        """True while this object holds the data directory's lock (from ``start`` until ``stop``)."""
+        return self._lock is not None and self._lock.held
+
+    def _own(self, timeout: float) -> None:
+        """Take the lock (once), then deal with what a previous owner that died left running."""
+        if self.owned:
+            return
+        lock = DataDirLock.acquire(self.root, what="embedded PostgreSQL data directory")
+        try:
+            self._sweep(timeout)
+        except BaseException:
+            lock.release()
+            raise
+        self._lock = lock
+
+    def _sweep(self, timeout: float) -> None:
+        """With the lock held nobody else owns the directory: a postmaster on it is an orphan."""
+        pid = self._pid_in_file()
+        if pid is None:
+            return
+        if is_server_of(pid, executable="postgres", directory=self.pgdata):
+            _log.warning("stopping PostgreSQL pid %d, left running on %s by an owner that died", pid, self.pgdata)
+            try:
+                self._stop_server("fast", timeout)
+            except (EmbeddedPostgresError, subprocess.TimeoutExpired) as error:
+                _log.warning("fast stop of the orphaned PostgreSQL failed, killing it: %s", error)
+                self.kill()
+            return
+        if _exists(pid) and not processes_working_in(self.pgdata):
+            # PostgreSQL would refuse ("lock file already exists") because the pid is taken; it is not ours.
+            _log.warning("removing stale postmaster.pid of %s: pid %d is not a PostgreSQL on it", self.pgdata, pid)
+            for stale in (self.pgdata / "postmaster.pid", self._socket_dir / ".s.PGSQL.5432.lock"):
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    if int(stale.read_text().split("\n", 1)[0]) == pid:
+                        stale.unlink()
+
     def stop(self, mode: str = "fast", timeout: float = 60.0) -> None:
-        """Stop the server (``fast`` rolls back open transactions and checkpoints)."""
+        """Stop the server (``fast`` rolls back open transactions and checkpoints) and give the directory up."""
+        self._stop_server(mode, timeout)
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _stop_server(self, mode: str, timeout: float) -> None:
         if not self.is_running():
             return
         self._command(
@@ -224,8 +301,8 @@ class EmbeddedPostgres:
         )
 
     def restart(self) -> None:
-        """Stop cleanly and start again."""
-        self.stop()
+        """Stop cleanly and start again (keeping the directory's lock)."""
+        self._stop_server("fast", 60.0)
         self.start()
 
     def kill(self) -> None:
@@ -252,6 +329,17 @@ class EmbeddedPostgres:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _exists(pid: int) -> bool:
+    """True when the kernel knows ``pid`` (running, or a zombie): what PostgreSQL's own stale-lock check sees."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _alive(pid: int) -> bool:

@@ -14,8 +14,8 @@ _log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def upgrade(url: str, *, vector_dimension: int) -> None:
-    """Bring the database at ``url`` (SQLAlchemy URL) to the newest schema.
+def upgrade(url: str, *, vector_dimension: int, revision: str = "head") -> None:
+    """Bring the database at ``url`` (SQLAlchemy URL) to the newest schema (or to ``revision``).
 
     Two replicas starting together must not both migrate, so the upgrade runs
     under a PostgreSQL advisory lock.
@@ -30,11 +30,11 @@ def upgrade(url: str, *, vector_dimension: int) -> None:
                 config.set_main_option("script_location", str(MIGRATIONS))
                 config.attributes["connection"] = connection
                 config.attributes["vector_dimension"] = vector_dimension
-                command.upgrade(config, "head")
+                command.upgrade(config, revision)
                 connection.commit()
             finally:
                 connection.execute(sa.text("SELECT pg_advisory_unlock(7411001)"))
                 connection.commit()
     finally:
         engine.dispose()
-    _log.info("database schema is at the newest revision")
+    _log.info("database schema is at %s", "the newest revision" if revision == "head" else f"revision {revision}")

@@ -1,4 +1,5 @@
-"""PostgreSQL adapter of ``SessionStore``: one ``INSERT ... SELECT FROM unnest(...)`` per batch.
+"""PostgreSQL adapter of ``SessionStore``: one ``INSERT ... SELECT FROM unnest(...)`` per batch for whole sessions,
+row locks and one ``UPDATE ... FROM unnest(...)`` for merged appends.
 
 Sending the batch as column arrays makes the whole upsert one statement and
 one round trip, which measured faster than executemany in pipeline mode
@@ -7,7 +8,7 @@ one round trip, which measured faster than executemany in pipeline mode
 
 from __future__ import annotations
 
-from central_svc.sessions import SessionRecord, StoredSession
+from central_svc.sessions import HeldSession, MergedSession, SessionRecord, StoredSession
 from central_svc.store.database import Database
 from central_svc.store.ledger import Connection
 
@@ -23,6 +24,28 @@ WHERE s.tenant_id = EXCLUDED.tenant_id AND s.last_activity < EXCLUDED.last_activ
 RETURNING s.session_id
 """
 """The upsert: newer last_activity wins; another tenant's row is never touched."""
+
+
+CREATE_MISSING = """
+INSERT INTO session_memory (session_id, tenant_id, agent_id, data, last_activity, checksum)
+SELECT id, %(tenant)s, %(agent)s, ''::bytea, 'epoch'::timestamptz, '' FROM unnest(%(ids)s::text[]) AS id ORDER BY id
+ON CONFLICT (session_id) DO NOTHING
+RETURNING session_id
+"""
+"""Empty rows for sessions an append starts, so that every merge target exists and can be locked."""
+
+LOCK = """
+SELECT session_id, tenant_id, data FROM session_memory WHERE session_id = ANY(%s) ORDER BY session_id FOR UPDATE
+"""
+"""Rows locked in id order, so that two transactions merging overlapping sessions cannot deadlock."""
+
+WRITE_MERGED = """
+UPDATE session_memory AS s SET agent_id = %(agent)s, user_id = u.user_id, data = u.data,
+    last_activity = u.last_activity, checksum = u.checksum, synced_at = now()
+FROM unnest(%(ids)s::text[], %(users)s::text[], %(data)s::bytea[], %(times)s::timestamptz[], %(sums)s::text[])
+     AS u (session_id, user_id, data, last_activity, checksum)
+WHERE s.session_id = u.session_id
+"""
 
 
 class PostgresSessionStore:
@@ -56,6 +79,32 @@ class PostgresSessionStore:
             (session_ids, tenant_id),
         )
         return {str(row[0]) for row in await cursor.fetchall()}
+
+    async def lock_for_merge(
+        self, connection: Connection, tenant_id: str, agent_id: str, session_ids: list[str]
+    ) -> dict[str, HeldSession]:
+        """Create missing rows (empty, the caller's tenant), then lock all of them in id order."""
+        cursor = await connection.execute(CREATE_MISSING, {"tenant": tenant_id, "agent": agent_id, "ids": session_ids})
+        created = {str(row[0]) for row in await cursor.fetchall()}
+        cursor = await connection.execute(LOCK, (session_ids,))
+        return {
+            str(sid): HeldSession(str(tenant), None if sid in created else bytes(data))
+            for sid, tenant, data in await cursor.fetchall()
+        }
+
+    async def write_merged(self, connection: Connection, agent_id: str, merged: dict[str, MergedSession]) -> None:
+        """One UPDATE for every merged session of the batch."""
+        await connection.execute(
+            WRITE_MERGED,
+            {
+                "agent": agent_id,
+                "ids": list(merged),
+                "users": [m.user_id for m in merged.values()],
+                "data": [m.data for m in merged.values()],
+                "times": [m.last_activity for m in merged.values()],
+                "sums": [m.checksum for m in merged.values()],
+            },
+        )
 
     async def get(self, tenant_id: str, session_id: str) -> StoredSession | None:
         """One session of the tenant."""

@@ -40,7 +40,17 @@ class PgVectorIndex:
     async def upsert(
         self, tenant_id: str, agent_id: str, rows: list[VectorRecord], *, within: Connection | None = None
     ) -> None:
-        """Upsert in one statement, inside the ledger's transaction when given."""
+        """Upsert in one statement, inside the ledger's transaction when given.
+
+        One statement cannot touch a row twice (ON CONFLICT refuses), so a vector
+        named more than once in ``rows`` is sent once: its newest version.
+        """
+        newest: dict[str, VectorRecord] = {}
+        for row in rows:
+            held = newest.get(row.vector_id)
+            if held is None or held.update_time <= row.update_time:
+                newest[row.vector_id] = row
+        rows = list(newest.values())
         params = {
             "tenant": tenant_id,
             "agent": agent_id,

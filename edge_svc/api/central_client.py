@@ -4,7 +4,10 @@ The channel comes from ``interceptors.channel.open_central_channel`` (TLS,
 pinning and credentials live there) and every call carries
 ``central_metadata(config)`` and a deadline. Batches are signed here, at send
 time, with a fresh ``sent_time`` on every attempt, so that a batch that waited
-offline for an hour is still inside central's freshness window.
+offline for an hour is still inside central's freshness window. Every batch
+header and checkpoint request carries the outbox's incarnation id, so central
+keeps the sequences of a re-provisioned edge (a new data directory, the same
+agent id) apart from those of its previous incarnation.
 """
 
 from __future__ import annotations
@@ -18,20 +21,24 @@ from typing import Any
 import grpc
 from aeterna.policy.v1 import policy_pb2, policy_pb2_grpc
 from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
+from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from aeterna_shared.config import AeternaConfig
-from aeterna_shared.errors import Unavailable
+from aeterna_shared.errors import AeternaError, AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from edge_svc.api import codec
 from edge_svc.records import (
     Ack,
+    ChangeKind,
     Channel,
     DecisionRecord,
     EpisodeRecord,
     OutboxBatch,
     PolicyBundleRecord,
     ScoredRecord,
+    SessionChange,
     SessionRecord,
     VectorRecord,
     now_ns,
@@ -51,6 +58,37 @@ _FROM_CHANNEL = {value: key for key, value in CHANNELS.items()}
 _log = logging.getLogger(__name__)
 
 
+# Codes with which central refuses a batch for what it holds: sending it again can never succeed.
+_REFUSALS: dict[grpc.StatusCode, type[AeternaError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+}
+
+
+def refusal_of(error: aio.AioRpcError) -> AeternaError | None:
+    """Central's refusal of a batch as a domain error (reason from its ``ErrorInfo``), or None.
+
+    The sync engine dead-letters a batch that central refuses this way after
+    its retries; any other failure (UNAVAILABLE, a deadline, RESOURCE_EXHAUSTED,
+    an authentication problem) is the link's or the configuration's, not the
+    batch's, and the batch stays queued.
+    """
+    kind = _REFUSALS.get(error.code())
+    if kind is None:
+        return None
+    reason = error.code().name
+    with contextlib.suppress(ValueError):
+        status = rpc_status.from_call(error)
+        for detail in status.details if status is not None else ():
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                reason = info.reason or reason
+                break
+    return kind(f"central refused the batch: {error.code().name} {error.details()}", reason=reason)
+
+
 def _ack(ack: sync_pb2.BatchAck) -> Ack:
     return Ack(
         sequence=ack.sequence,
@@ -65,8 +103,10 @@ def _ack(ack: sync_pb2.BatchAck) -> Ack:
 class GrpcCentral:
     """Central, reached over one long-lived channel."""
 
-    def __init__(self, config: AeternaConfig) -> None:
+    def __init__(self, config: AeternaConfig, *, incarnation_id: str = "") -> None:
+        """``incarnation_id`` is the outbox's (``Outbox.incarnation_id``); empty for an edge without one."""
         self._config = config
+        self._incarnation = incarnation_id
         self._metadata = central_metadata(config)
         self._timeout = config.sync.central_server.timeout.total_seconds()
         self._key = edge_signing_key(config)
@@ -100,6 +140,7 @@ class GrpcCentral:
             agent_id=self._config.edge.agent_id,
             region=self._config.edge.region,
             sent_time=codec.ts(now_ns()),
+            incarnation_id=self._incarnation,
         )
 
     async def check_health(self, deadline_seconds: float) -> bool:
@@ -122,9 +163,11 @@ class GrpcCentral:
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     async def checkpoints(self) -> dict[Channel, int]:
-        """GetSyncCheckpoint."""
+        """GetSyncCheckpoint of this edge's incarnation."""
         reply = await self._sync.GetSyncCheckpoint(
-            sync_pb2.GetSyncCheckpointRequest(), metadata=self._metadata, timeout=self._timeout
+            sync_pb2.GetSyncCheckpointRequest(incarnation_id=self._incarnation),
+            metadata=self._metadata,
+            timeout=self._timeout,
         )
         return {_FROM_CHANNEL[c.channel]: int(c.sequence) for c in reply.checkpoints if c.channel in _FROM_CHANNEL}
 
@@ -152,10 +195,10 @@ class GrpcCentral:
                     reply = await self._sync.AppendEpisodes(
                         self._episodes_request(batch, floor), metadata=self._metadata, timeout=self._timeout
                     )
-            except aio.AioRpcError:
+            except aio.AioRpcError as error:
                 if acks:
                     return acks
-                raise
+                raise refusal_of(error) or error from None
             acks.append(_ack(reply.ack))
         return acks
 
@@ -175,9 +218,9 @@ class GrpcCentral:
                 if reply is aio.EOF:
                     break
                 acks.append(_ack(reply.ack))
-        except aio.AioRpcError:
+        except aio.AioRpcError as error:
             if not acks:
-                raise
+                raise refusal_of(error) or error from None
         finally:
             if not writer.done():
                 writer.cancel()
@@ -187,9 +230,11 @@ class GrpcCentral:
         return acks
 
     def _sessions_request(self, batch: OutboxBatch, floor: int) -> sync_pb2.SyncSessionsRequest:
+        changes = [SessionChange.from_json(item) for item in batch.items]
         request = sync_pb2.SyncSessionsRequest(
             header=self._header(batch, floor),
-            sessions=[codec.session_to_proto(SessionRecord.from_json(item)) for item in batch.items],
+            sessions=[codec.session_to_proto(c.session) for c in changes if c.kind is ChangeKind.REPLACE],
+            appends=[codec.append_to_proto(c) for c in changes if c.kind is ChangeKind.APPEND],
         )
         sign_batch(request, self._key)
         return request

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from aeterna.memory.v1 import memory_pb2
 from aeterna.policy.v1 import decision_pb2, policy_pb2
+from aeterna.sync.v1 import sync_pb2
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from aeterna_shared import limits
 from aeterna_shared.errors import InvalidArgument
 from edge_svc.records import (
     DecisionRecord,
@@ -16,6 +19,7 @@ from edge_svc.records import (
     Message,
     PolicyBundleRecord,
     ScoredRecord,
+    SessionChange,
     SessionRecord,
     VectorRecord,
 )
@@ -84,21 +88,11 @@ def session_to_proto(record: SessionRecord) -> memory_pb2.Session:
     message = memory_pb2.Session(
         session_id=record.session_id,
         user_id=record.user_id,
-        messages=[
-            memory_pb2.SessionMessage(
-                role=m.role, content=m.content, create_time=ts(m.create_time), metadata=struct(m.metadata)
-            )
-            for m in record.messages
-        ],
+        messages=[_message_to_proto(m) for m in record.messages],
         last_activity_time=ts(record.last_activity),
     )
     if record.state:
         message.state.CopyFrom(struct(record.state))
-    for proto_message, record_message in zip(message.messages, record.messages, strict=True):
-        if not record_message.metadata:
-            proto_message.ClearField("metadata")
-        if not record_message.create_time:
-            proto_message.ClearField("create_time")
     if not record.last_activity:
         message.ClearField("last_activity_time")
     message.checksum = session_checksum(message)
@@ -106,10 +100,39 @@ def session_to_proto(record: SessionRecord) -> memory_pb2.Session:
     return message
 
 
+def append_to_proto(change: SessionChange) -> sync_pb2.SessionAppend:
+    """An APPEND change as the wire's ``SessionAppend``, with its checksum."""
+    record = change.session
+    message = sync_pb2.SessionAppend(
+        session_id=record.session_id,
+        user_id=record.user_id,
+        messages=[_message_to_proto(m) for m in record.messages],
+        last_activity_time=ts(record.last_activity),
+    )
+    if change.state_patch:
+        message.state_patch.CopyFrom(struct(change.state_patch))
+    message.checksum = session_checksum(message)
+    message.tenant_id = record.tenant_id
+    return message
+
+
+def _message_to_proto(record: Message) -> memory_pb2.SessionMessage:
+    message = memory_pb2.SessionMessage(role=record.role, content=record.content, message_id=record.message_id)
+    if record.create_time:
+        message.create_time.CopyFrom(ts(record.create_time))
+    if record.metadata:
+        message.metadata.CopyFrom(struct(record.metadata))
+    return message
+
+
 def message_from_proto(message: memory_pb2.SessionMessage) -> Message:
     """One conversation turn."""
     return Message(
-        message.role, message.content, nanos(message.create_time, "messages.create_time"), from_struct(message.metadata)
+        message.role,
+        message.content,
+        nanos(message.create_time, "messages.create_time"),
+        from_struct(message.metadata),
+        message.message_id,
     )
 
 
@@ -209,3 +232,61 @@ def bundle_from_proto(message: policy_pb2.PolicyBundle) -> PolicyBundleRecord:
         checksum=message.checksum,
         publish_time=nanos(message.publish_time),
     )
+
+
+# --- what central can store (``aeterna_shared.limits``), checked before the edge answers OK ---------------
+# Each raises INVALID_ARGUMENT naming the request's field; central runs the same checks on every item.
+
+
+def check_session(record: SessionRecord, field: str = "session") -> None:
+    """A whole session (PutSession)."""
+    limits.validate_session_item(
+        session_id=record.session_id,
+        user_id=record.user_id,
+        messages=record.messages,
+        state=record.state or None,
+        field=field,
+    )
+
+
+def check_append(
+    session_id: str, user_id: str, messages: Sequence[memory_pb2.SessionMessage], state_patch: struct_pb2.Struct
+) -> None:
+    """The turns and state patch of an AppendSessionMessages request, named as in the request."""
+    limits.validate_session_item(
+        session_id=session_id,
+        user_id=user_id,
+        messages=messages,
+        state=state_patch,
+        field="",
+        state_field="state_patch",
+    )
+
+
+def check_episode(record: EpisodeRecord, field: str = "episode") -> None:
+    """An episode (AppendEpisode), after its id and time were filled in."""
+    limits.validate_episode(
+        episode_id=record.episode_id,
+        session_id=record.session_id,
+        content=record.content,
+        embedding=record.embedding,
+        metadata=record.metadata or None,
+        field=field,
+    )
+
+
+def check_vectors(records: Sequence[VectorRecord]) -> None:
+    """The vectors of an UpsertVectors request."""
+    for index, record in enumerate(records):
+        limits.validate_vector(
+            vector_id=record.vector_id,
+            values=record.values,
+            region=record.region,
+            payload=record.payload or None,
+            field=f"vectors[{index}]",
+        )
+
+
+def check_authorization(principal: str, action: str, resource: str, context: JsonDict) -> None:
+    """An Authorize request, whose decision the edge records for central."""
+    limits.validate_authorization(principal=principal, action=action, resource=resource, context=context or None)

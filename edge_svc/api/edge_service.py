@@ -66,6 +66,7 @@ class EdgeService(edge_pb2_grpc.EdgeServiceServicer):
         if not request.HasField("session"):
             raise InvalidArgument.for_field("session", "is required")
         record = codec.session_from_proto(request.session)
+        codec.check_session(record)
         stored = await self._node.sessions.put(self._tenant(), record)
         return edge_pb2.PutSessionResponse(session=codec.session_to_proto(stored))
 
@@ -84,25 +85,18 @@ class EdgeService(edge_pb2_grpc.EdgeServiceServicer):
         self, request: edge_pb2.AppendSessionMessagesRequest, context: Context
     ) -> edge_pb2.AppendSessionMessagesResponse:
         """Append turns, creating the session if needed."""
+        codec.check_append(request.session_id, request.user_id, request.messages, request.state_patch)
         tenant = self._tenant()
         if not request.session_id:
             raise InvalidArgument.for_field("session_id", "must not be empty")
         if not request.messages and not request.state_patch.fields:
             raise InvalidArgument.for_field("messages", "give at least one message or a state_patch")
-        base = await self._node.sessions.get(tenant, request.session_id)
-        if base is None and self._node.link.online:
-            # A session that lives only at central is extended, not replaced by a new one.
-            try:
-                base, _ = await self._node.get_session(tenant, request.session_id)
-            except NotFound:
-                base = None
-        session = await self._node.sessions.append(
+        session = await self._node.append_session(
             tenant,
             session_id=request.session_id,
             user_id=request.user_id,
             messages=[codec.message_from_proto(m) for m in request.messages],
             state_patch=codec.from_struct(request.state_patch),
-            base=base,
         )
         return edge_pb2.AppendSessionMessagesResponse(session=codec.session_to_proto(session))
 
@@ -116,6 +110,7 @@ class EdgeService(edge_pb2_grpc.EdgeServiceServicer):
         record = codec.episode_from_proto(request.episode)
         record.episode_id = record.episode_id or str(uuid.uuid4())
         record.occur_time = record.occur_time or now_ns()
+        codec.check_episode(record)
         stored = await self._node.append_episode(tenant, record)
         return edge_pb2.AppendEpisodeResponse(episode_id=record.episode_id, stored_at_central=stored)
 
@@ -124,6 +119,7 @@ class EdgeService(edge_pb2_grpc.EdgeServiceServicer):
     ) -> edge_pb2.UpsertVectorsResponse:
         """Write vectors locally and queue them for the vector sync."""
         records: list[VectorRecord] = [codec.vector_from_proto(v) for v in request.vectors]
+        codec.check_vectors(records)
         count = await self._node.vectors.upsert(self._tenant(), records)
         return edge_pb2.UpsertVectorsResponse(upserted=count)
 
@@ -143,12 +139,11 @@ class EdgeService(edge_pb2_grpc.EdgeServiceServicer):
     async def Authorize(self, request: edge_pb2.AuthorizeRequest, context: Context) -> edge_pb2.AuthorizeResponse:
         """Decide with the current Cedar bundle."""
         self._tenant()
+        cedar_context = codec.cedar_context(request.context)
+        # The decision is recorded for central: refuse here what central could not store.
+        codec.check_authorization(request.principal, request.action, request.resource, cedar_context)
         verdict = await self._node.agent.authorize(
-            request.principal,
-            request.action,
-            request.resource,
-            codec.cedar_context(request.context),
-            request.entities_json,
+            request.principal, request.action, request.resource, cedar_context, request.entities_json
         )
         return edge_pb2.AuthorizeResponse(
             effect=decision_pb2.EFFECT_ALLOW if verdict.allowed else decision_pb2.EFFECT_DENY,
@@ -162,7 +157,7 @@ class EdgeService(edge_pb2_grpc.EdgeServiceServicer):
     async def GetEdgeStatus(
         self, request: edge_pb2.GetEdgeStatusRequest, context: Context
     ) -> edge_pb2.GetEdgeStatusResponse:
-        """Link state, queues, last syncs, policy version."""
+        """Link state, queues, last syncs, policy version, incarnation."""
         status = await self._node.status()
         response = edge_pb2.GetEdgeStatusResponse(
             agent_id=status.agent_id,
@@ -173,6 +168,8 @@ class EdgeService(edge_pb2_grpc.EdgeServiceServicer):
             policy_version=status.policy_version,
             local_sessions=status.local_sessions,
             local_vectors=status.local_vectors,
+            incarnation_id=status.incarnation_id,
+            degraded=bool(status.degraded),
         )
         for queue in status.queues:
             depth = response.queues.add(
@@ -181,13 +178,15 @@ class EdgeService(edge_pb2_grpc.EdgeServiceServicer):
                 pending_batches=queue.pending_batches,
                 dead_letters=queue.dead_letters,
                 acked_sequence=queue.acked_sequence,
+                degraded=queue.channel in status.degraded,
+                degraded_reason=status.degraded.get(queue.channel, ""),
             )
             if queue.last_sync:
                 depth.last_sync_time.CopyFrom(codec.ts(int(queue.last_sync * 1e9)))
         return response
 
     async def FlushSync(self, request: edge_pb2.FlushSyncRequest, context: Context) -> edge_pb2.FlushSyncResponse:
-        """Sync everything now."""
+        """Sync everything now; UNAVAILABLE (``SYNC_STUCK``) when a channel made no progress although online."""
         result = await self._node.sync.flush()
         return edge_pb2.FlushSyncResponse(
             batches_acked=result.batches_acked, items_acked=result.items_acked, items_pending=result.items_pending

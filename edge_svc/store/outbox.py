@@ -6,7 +6,11 @@ central acknowledges it (or central's checkpoint shows it was applied). Limits
 come from configuration: a batch older than the queue TTL, or the oldest
 batches when a channel holds more items than its maximum, move to the
 ``dead_letters`` table, are counted per channel and logged — never dropped
-silently.
+silently. So do items central refused: the items an ack lists as failed
+move there in the same transaction that removes their batch
+(``ack_refusing``, cause ``refused:<REASON>``), and a batch central refused
+as a whole moves there through ``discard``; central's message is kept in the
+row's ``detail``.
 
 All methods are synchronous and guarded by one lock; async callers run them
 with ``asyncio.to_thread`` so that fsyncs never stall the event loop.
@@ -20,9 +24,10 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edge_svc.records import Channel, JsonDict, OutboxBatch
 
@@ -45,6 +50,10 @@ CREATE TABLE IF NOT EXISTS channels (
     last_sync      REAL,
     dead_letters   INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     channel    TEXT    NOT NULL,
@@ -65,6 +74,32 @@ class ChannelLimits:
 
     max_items: int
     ttl_seconds: float
+
+
+@dataclass(frozen=True)
+class RefusedItem:
+    """An item of an acknowledged batch that central refused; it is now in the dead letters."""
+
+    sequence: int
+    batch_id: str
+    item_id: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One row of the dead-letter store."""
+
+    sequence: int
+    batch_id: str
+    reason: str
+    detail: str
+    items: list[JsonDict]
+
+
+REFUSED_PREFIX = "refused:"
+"""Dead-letter causes of refusals by central are ``refused:<central's reason>``."""
 
 
 @dataclass(frozen=True)
@@ -93,9 +128,40 @@ class Outbox:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        for channel in Channel:
-            self._db.execute("INSERT OR IGNORE INTO channels(channel) VALUES (?)", (channel.value,))
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            existing = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'batches'").fetchone()
+            for statement in _SCHEMA.split(";"):  # one transaction (executescript would commit each)
+                if statement.strip():
+                    self._db.execute(statement)
+            for channel in Channel:
+                self._db.execute("INSERT OR IGNORE INTO channels(channel) VALUES (?)", (channel.value,))
+            # A new database gets a new incarnation; one that predates incarnations keeps the empty id.
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta(name, value) VALUES ('incarnation_id', ?)",
+                ("" if existing else str(uuid.uuid4()),),
+            )
+            (incarnation,) = self._db.execute("SELECT value FROM meta WHERE name = 'incarnation_id'").fetchone()
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self.incarnation_id: str = str(incarnation)
+        """Identity of this outbox's database (``BatchHeader.incarnation_id``); empty for a pre-incarnation one."""
+        self._add_detail_column()
+
+    def _add_detail_column(self) -> None:
+        """``dead_letters.detail`` (central's message for what it refused), also in outboxes made before it."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                columns = {str(row[1]) for row in self._db.execute("PRAGMA table_info(dead_letters)")}
+                if "detail" not in columns:
+                    self._db.execute("ALTER TABLE dead_letters ADD COLUMN detail TEXT NOT NULL DEFAULT ''")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         """Close the database (everything committed is already on disk)."""
@@ -149,17 +215,38 @@ class Outbox:
 
     def ack(self, channel: Channel, sequences: Sequence[int], checkpoint: int = 0) -> int:
         """Remove acknowledged batches (and any at or below ``checkpoint``); returns items removed."""
+        removed, _ = self.ack_refusing(channel, sequences, checkpoint)
+        return removed
+
+    def ack_refusing(
+        self,
+        channel: Channel,
+        sequences: Sequence[int],
+        checkpoint: int = 0,
+        refused: Mapping[int, Sequence[tuple[str, str, str]]] | None = None,
+    ) -> tuple[int, list[RefusedItem]]:
+        """``ack``, moving the items central refused to the dead letters in the same transaction.
+
+        ``refused`` maps an acknowledged batch's sequence to its ack's failures
+        (item id, reason, message). Items are matched by their ``id``; returns
+        (items removed from the queue, refused items now in the dead letters).
+        """
         now = self._clock()
+        moved: list[RefusedItem] = []
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 removed = 0
                 for sequence in sequences:
                     row = self._db.execute(
-                        "DELETE FROM batches WHERE channel = ? AND sequence = ? RETURNING item_count",
+                        "DELETE FROM batches WHERE channel = ? AND sequence = ? "
+                        "RETURNING item_count, batch_id, created, payload",
                         (channel.value, sequence),
                     ).fetchone()
                     removed += int(row[0]) if row else 0
+                    failures = (refused or {}).get(sequence)
+                    if row and failures:
+                        moved += self._dead_letter_items(channel, sequence, row, failures)
                 if checkpoint:
                     rows = self._db.execute(
                         "DELETE FROM batches WHERE channel = ? AND sequence <= ? RETURNING item_count",
@@ -175,18 +262,80 @@ class Outbox:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return removed
+        return removed, moved
 
-    def discard(self, channel: Channel, sequence: int, reason: str) -> None:
-        """Move one batch to the dead-letter table (a strong write that central refused)."""
+    def _dead_letter_items(
+        self, channel: Channel, sequence: int, row: tuple[Any, ...], failures: Sequence[tuple[str, str, str]]
+    ) -> list[RefusedItem]:
+        """Dead-letter the items of one (just removed) batch that central refused, one row per reason."""
+        _, batch_id, created, payload = row  # the removed batch: item_count, batch_id, created, payload
+        why = {item_id: (reason, message) for item_id, reason, message in failures}
+        by_reason: dict[str, list[tuple[JsonDict, str]]] = {}
+        moved: list[RefusedItem] = []
+        for item in json.loads(payload):
+            item_id = str(item.get("id", "")) if isinstance(item, dict) else ""
+            if item_id not in why:
+                continue
+            reason, message = why[item_id]
+            by_reason.setdefault(reason, []).append((item, f"{item_id}: {message}"))
+            moved.append(RefusedItem(sequence, batch_id, item_id, reason, message))
+        now = self._clock()
+        for reason, entries in by_reason.items():
+            self._db.execute(
+                "INSERT INTO dead_letters(channel, sequence, batch_id, reason, created, moved, item_count, payload,"
+                " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    channel.value,
+                    sequence,
+                    batch_id,
+                    REFUSED_PREFIX + reason,
+                    created,
+                    now,
+                    len(entries),
+                    json.dumps([item for item, _ in entries], separators=(",", ":")).encode(),
+                    "; ".join(text for _, text in entries)[:8000],
+                ),
+            )
+        if moved:
+            self._db.execute(
+                "UPDATE channels SET dead_letters = dead_letters + ? WHERE channel = ?", (len(moved), channel.value)
+            )
+        return moved
+
+    def discard(self, channel: Channel, sequence: int, reason: str, detail: str = "") -> int:
+        """Move one batch to the dead-letter table (a batch central refused); returns the items moved."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._dead_letter(channel, "sequence = ?", (sequence,), reason)
+                moved = self._dead_letter(channel, "sequence = ?", (sequence,), reason, detail)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+        return moved
+
+    def bury(self, channel: Channel, items: Sequence[JsonDict], reason: str) -> int:
+        """Put items that never made it into a batch straight into the dead-letter table; returns how many."""
+        if not items:
+            return 0
+        now = self._clock()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT INTO dead_letters(channel, sequence, batch_id, reason, created, moved, item_count,"
+                    " payload) VALUES (?, 0, '', ?, ?, ?, ?, ?)",
+                    (channel.value, reason, now, now, len(items), json.dumps(list(items)).encode()),
+                )
+                self._db.execute(
+                    "UPDATE channels SET dead_letters = dead_letters + ? WHERE channel = ?", (len(items), channel.value)
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        _log.warning("outbox: %d %s items moved to dead letters: %s", len(items), channel.value, reason)
+        return len(items)
 
     def expire(self) -> int:
         """Move batches older than their channel's TTL to the dead-letter table; returns items moved."""
@@ -214,7 +363,9 @@ class Outbox:
                 return
             self._dead_letter(channel, "sequence = ?", (oldest,), "overflow")
 
-    def _dead_letter(self, channel: Channel, where: str, params: tuple[object, ...], reason: str) -> int:
+    def _dead_letter(
+        self, channel: Channel, where: str, params: tuple[object, ...], reason: str, detail: str = ""
+    ) -> int:
         rows = self._db.execute(
             f"DELETE FROM batches WHERE channel = ? AND {where} "
             "RETURNING sequence, batch_id, created, item_count, payload",
@@ -224,9 +375,9 @@ class Outbox:
         items = 0
         for sequence, batch_id, created, count, payload in rows:
             self._db.execute(
-                "INSERT INTO dead_letters(channel, sequence, batch_id, reason, created, moved, item_count, payload) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (channel.value, sequence, batch_id, reason, created, now, count, payload),
+                "INSERT INTO dead_letters(channel, sequence, batch_id, reason, created, moved, item_count, payload,"
+                " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (channel.value, sequence, batch_id, reason, created, now, count, payload, detail[:8000]),
             )
             items += int(count)
             _log.warning(
@@ -310,3 +461,14 @@ class Outbox:
                 (channel.value,),
             ).fetchall()
         return [(int(s), str(b), str(r), int(c)) for s, b, r, c in rows]
+
+    def dead_letter_rows(self, channel: Channel, batch_id: str | None = None) -> list[DeadLetter]:
+        """The channel's dead letters (of one batch, when given) with their items and central's message."""
+        where, params = ("AND batch_id = ?", (batch_id,)) if batch_id is not None else ("", ())
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT sequence, batch_id, reason, detail, payload FROM dead_letters WHERE channel = ? {where}"
+                " ORDER BY id",
+                (channel.value, *params),
+            ).fetchall()
+        return [DeadLetter(int(q), str(b), str(r), str(d), list(json.loads(p))) for q, b, r, d, p in rows]

@@ -9,15 +9,18 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis
 from aeterna.edge.v1 import edge_pb2, edge_pb2_grpc
 from aeterna.memory.v1 import memory_pb2
 from aeterna.policy.v1 import decision_pb2
 from google.protobuf import struct_pb2
 from grpc import aio
 
+from aeterna_shared.errors import InvalidArgument
 from edge_svc.__main__ import Resources
+from edge_svc.memory import WorkingMemory, session_key
 from edge_svc.policy import NO_BUNDLE_ERROR, CedarAgent
-from edge_svc.records import Channel, Message, PolicyBundleRecord, SessionRecord, VectorRecord
+from edge_svc.records import Channel, Message, PolicyBundleRecord, SessionChange, SessionRecord, VectorRecord, now_ns
 from edge_svc.store.bundle_file import BundleFile
 from edge_svc.store.outbox import ChannelLimits, Outbox
 from tests.edge.conftest import BUNDLE_POLICY, DIMENSION
@@ -60,17 +63,61 @@ async def test_session_collector_moves_dirty_sessions_into_the_outbox(offline_ed
 async def test_a_write_during_collection_stays_dirty(offline_edge: Resources) -> None:
     sessions = offline_edge.node.sessions
     await sessions.put(TENANT, SessionRecord("s", "u"))
-    _, versions = await sessions.dirty(TENANT, 10)
-    await sessions.append(
-        TENANT,
-        session_id="s",
-        user_id="u",
-        messages=[Message("user", "later")],
-        state_patch={},
-        base=await sessions.get(TENANT, "s"),
-    )
-    assert await sessions.clear(TENANT, versions) == 0
+    read = await sessions.dirty(TENANT, 10)
+    await sessions.append(TENANT, session_id="s", user_id="u", messages=[Message("user", "later")], state_patch={})
+    assert await sessions.clear(TENANT, read.versions) == 0
     assert await sessions.dirty_count(TENANT) == 1
+
+
+async def test_a_dirty_session_the_store_lost_is_a_counted_dead_letter(offline_edge: Resources, redis_url: str) -> None:
+    """Cannot happen with a store that keeps what it took; when it does (a store restarted without its
+    file, a key deleted by hand) the loss is counted and kept as a dead letter, not only logged."""
+    node = offline_edge.node
+    await node.sessions.put(TENANT, SessionRecord("kept", "u", [Message("user", "a")]))
+    await node.sessions.put(TENANT, SessionRecord("gone", "u", [Message("user", "b")]))
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.delete(session_key(TENANT, "gone")) == 1
+    finally:
+        client.close()
+    assert await node.sync.collect_sessions() == 1
+    stats = {s.channel: s for s in node.outbox.stats()}
+    assert stats[Channel.SESSIONS].dead_letters == 1
+    assert [reason for _, _, reason, _ in node.outbox.dead_letters(Channel.SESSIONS)] == [
+        "session missing from the session store"
+    ]
+    assert await node.sessions.dirty_count(TENANT) == 0
+
+
+async def test_unsynced_sessions_keep_no_ttl_until_central_acknowledged(
+    offline_edge: Resources, redis_url: str
+) -> None:
+    node = offline_edge.node
+    await node.sessions.put(TENANT, SessionRecord("s", "u", [Message("user", "a")]))
+    await node.sync.collect_sessions()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        # Collected into the outbox, not yet acknowledged: still no TTL, so it can be neither
+        # evicted (volatile-lru) nor expire while the edge is offline.
+        assert client.pttl(session_key(TENANT, "s")) == -1
+        [batch] = node.outbox.pending(Channel.SESSIONS, 10)
+        changes = [SessionChange.from_json(item) for item in batch.items]
+        assert await node.sessions.release(TENANT, changes) == 1
+        assert client.pttl(session_key(TENANT, "s")) > 0
+    finally:
+        client.close()
+
+
+async def test_working_memory_ttl_beyond_the_spec_range_is_refused_or_capped(offline_edge: Resources) -> None:
+    working = offline_edge.node.working
+    assert working.max_ttl == timedelta(seconds=5)
+    with pytest.raises(InvalidArgument) as refused:
+        await working.set(TENANT, "k", 1, timedelta(seconds=30))
+    assert refused.value.message.startswith("ttl: ")
+    assert "cache.layers.working.maxTtl" in refused.value.message
+    capped = WorkingMemory(working.cache, timedelta(seconds=2), timedelta(seconds=5), cap_ttl=True)
+    expires = await capped.set(TENANT, "k", 1, timedelta(hours=1))
+    assert expires - now_ns() <= 5_000_000_000
 
 
 def test_outbox_survives_reopen_and_keeps_sequences(tmp_path: Path) -> None:

@@ -227,9 +227,10 @@ def digest(values: list[str]) -> str:
 
 
 async def checkpoints_match(edge: Client, central: Client) -> tuple[bool, dict[int, tuple[int, int]]]:
-    """Each channel's acked sequence at the edge against central's GetSyncCheckpoint for that edge."""
+    """Each channel's acked sequence at the edge against central's GetSyncCheckpoint for that edge's incarnation."""
     status = await edge.status()
-    reply = await central.sync.GetSyncCheckpoint(sync_pb2.GetSyncCheckpointRequest(), metadata=central.metadata)
+    request = sync_pb2.GetSyncCheckpointRequest(incarnation_id=status.incarnation_id)
+    reply = await central.sync.GetSyncCheckpoint(request, metadata=central.metadata)
     at_central = {c.channel: int(c.sequence) for c in reply.checkpoints}
     pairs = {q.channel: (int(q.acked_sequence), at_central.get(q.channel, 0)) for q in status.queues}
     return all(a == b for a, b in pairs.values()), pairs

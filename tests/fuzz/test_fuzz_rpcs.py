@@ -1,8 +1,10 @@
 """Fuzzing every RPC of EdgeService, SyncService and PolicyService.
 
 Two generators: Hypothesis builds structurally valid messages with hostile values (random fields,
-huge strings, deep ``state`` structures, NaN/inf vectors, wrong dimensions, negative limits, bad
-timestamps), signing sync batches half of the time so they reach validation; byte mutation sends
+huge strings, NUL characters, ids and Cedar uids of a few thousand (multi-byte) characters, deep
+``state`` structures with NUL keys and NaN/inf numbers, NaN/inf vectors, wrong dimensions, negative
+limits, bad timestamps, Cedar schemas that are no schema), signing sync batches half of the time so
+they reach validation; byte mutation sends
 frames a client library would never produce (truncated, bit-flipped, garbage, invalid UTF-8) through
 a generic channel method. Invariant for every input: the status is never ``INTERNAL``/``UNKNOWN``;
 for a rejected input the stored data is unchanged; after the run the server still serves.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import math
 import random
 from collections import Counter
@@ -57,8 +60,25 @@ POLICY = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"]
 # --- generic message strategies from descriptors ---------------------------------------------------
 
 _HUGE = st.integers(min_value=70_000, max_value=300_000).map(lambda n: "x" * n)
+# Longer than an id or a Cedar uid may be: central's indexes hold at most 2,704 bytes a row.
+_LONG = st.one_of(
+    st.integers(min_value=257, max_value=6_000).map(lambda n: 'Doc::"' + "r" * n + '"'),
+    st.integers(min_value=100, max_value=2_000).map(lambda n: "é😀" * n),
+)
 _TEXT = st.one_of(
-    st.text(max_size=40), st.sampled_from(["", " ", "../../etc", "a" * 300, "\x00", "é", "default"]), _HUGE
+    st.text(max_size=40),
+    st.sampled_from(["", " ", "../../etc", "a" * 300, "\x00", "a\x00b", 'Doc::"\x00"', "é", "default"]),
+    _HUGE,
+    _LONG,
+)
+# What PublishPolicies gets as a schema: JSON that is no object, objects that are no Cedar schema, non-JSON.
+_SCHEMA = st.one_of(
+    st.sampled_from(["[]", "5", '"text"', "null", "true", "{}", '{"": {}}', '{"NS": {"entityTypes": 5}}', "{not"]),
+    st.recursive(
+        st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8)),
+        lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+        max_leaves=10,
+    ).map(json.dumps),
 )
 _FLOAT = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([math.nan, math.inf, -math.inf, 0.0, 1e308])
@@ -67,10 +87,18 @@ _INT = st.one_of(st.integers(min_value=-(2**31), max_value=2**31 - 1), st.sample
 
 
 def _deep_value(depth: int) -> st.SearchStrategy[Any]:
-    leaf = st.one_of(st.none(), st.booleans(), st.floats(allow_nan=False), st.text(max_size=20))
+    leaf = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.floats(allow_nan=False),
+        st.sampled_from([math.nan, math.inf, -math.inf]),
+        st.text(max_size=20),
+        st.sampled_from(["\x00", "a\x00b"]),
+    )
+    keys = st.one_of(st.text(max_size=8), st.sampled_from(["\x00", "k\x00"]))
     return st.recursive(
         leaf,
-        lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+        lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(keys, inner, max_size=3)),
         max_leaves=depth,
     )
 
@@ -135,7 +163,7 @@ def _field_value(draw: st.DrawFn, field: descriptor.FieldDescriptor, depth: int)
     if t == F.TYPE_MESSAGE:
         return draw(message(field.message_type, depth + 1))
     if t == F.TYPE_STRING:
-        return draw(_TEXT)
+        return draw(_SCHEMA if field.name == "schema_json" else _TEXT)
     if t == F.TYPE_BYTES:
         return draw(st.binary(max_size=64))
     if t in (F.TYPE_FLOAT, F.TYPE_DOUBLE):

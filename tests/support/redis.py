@@ -33,8 +33,14 @@ def _start(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
             "700",
             "--save",
             "",
+            # What the edge requires of a session store (it checks at start-up): no eviction and an
+            # append-only file. The tests skip the fsync (appendfsync no): nothing here survives power loss.
             "--appendonly",
+            "yes",
+            "--appendfsync",
             "no",
+            "--maxmemory-policy",
+            "noeviction",
             "--dir",
             str(directory),
         ],

@@ -2,7 +2,7 @@
 The config.yaml each pod reads. The spec-language blocks of the values are
 copied as they are; the chart then sets only what the pod layout decides
 (listen addresses, data directories, mounted secret and certificate paths, the
-Dragonfly sidecar's URL, the Qdrant server's URL). Secrets never appear here:
+cache sidecars' URLs, the Qdrant server's URL). Secrets never appear here:
 they arrive as mounted files or AETERNA_* env overrides.
 */}}
 
@@ -68,9 +68,23 @@ they arrive as mounted files or AETERNA_* env overrides.
 {{- $w := .Values.workloads.edge -}}
 {{- $_ := set $cfg.edge "listenHost" "0.0.0.0" -}}
 {{- $_ := set $cfg.edge "dataDir" "/var/lib/aeterna/edge" -}}
-{{- if and .Values.dragonfly.enabled (not $cfg.cache.url) -}}
-{{- $_ := set $cfg.cache "url" (printf "redis://127.0.0.1:%d/0" (.Values.dragonfly.port | int)) -}}
-{{- $_ := set $cfg.cache "backend" ($cfg.cache.backend | default "dragonfly") -}}
+{{- /* The caches (see values.yaml, sessionStore and dragonfly). */ -}}
+{{- if include "aeterna.sessionStoreSidecar" . -}}
+{{- if $cfg.cache.url -}}
+{{- fail "cache.url is set while sessionStore.mode is sidecar: set sessionStore.mode: external to use your own session store, or unset cache.url" -}}
+{{- end -}}
+{{- $_ := set $cfg.cache "url" (include "aeterna.sessionStoreURL" .) -}}
+{{- $_ := set $cfg.cache "backend" ($cfg.cache.backend | default "redis") -}}
+{{- else if and (not $cfg.cache.url) (not .Values.sessionStore.external.existingSecret) -}}
+{{- fail "sessionStore.mode external needs the store's URL: cache.url, or sessionStore.external.existingSecret when it carries a password" -}}
+{{- else if and $cfg.cache.url .Values.sessionStore.external.existingSecret -}}
+{{- fail "set either cache.url or sessionStore.external.existingSecret, not both" -}}
+{{- end -}}
+{{- if .Values.dragonfly.enabled -}}
+{{- if $cfg.cache.workingUrl -}}
+{{- fail "cache.workingUrl is set while dragonfly.enabled is true: set dragonfly.enabled: false to use your own working-memory cache, or unset cache.workingUrl" -}}
+{{- end -}}
+{{- $_ := set $cfg.cache "workingUrl" (include "aeterna.workingCacheURL" .) -}}
 {{- end -}}
 {{- if .Values.sync.auth.existingSecret -}}
 {{- $_ := set $cfg.sync.auth "secretDir" (include "aeterna.edgeSecretDir" .) -}}

@@ -109,16 +109,48 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- ((.Values.sync.auth).serviceAccount).name | default "aeterna-edge-sync" -}}
 {{- end -}}
 
-{{/* Turn a size such as 1Gi, 512Mi, 1G or 1048576 into bytes (Dragonfly's --maxmemory). */}}
+{{/*
+Turn a size such as 1Gi, 512Mi, 1G or 1048576 into bytes (the caches' --maxmemory).
+Call with (list <value> "<values key, for the error>"). Reads what the config
+model reads (aeterna_shared/config/units.py); anything else fails loudly.
+*/}}
 {{- define "aeterna.bytes" -}}
-{{- $raw := toString . | trim -}}
-{{- $number := regexFind "^[0-9]+" $raw -}}
-{{- $unit := trimPrefix $number $raw | trim -}}
-{{- $units := dict "" 1 "B" 1 "K" 1000 "KB" 1000 "M" 1000000 "MB" 1000000 "G" 1000000000 "GB" 1000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 -}}
-{{- if or (not $number) (not (hasKey $units $unit)) -}}
-{{- fail (printf "cache.layers.working.maxSize: %q is not a whole size such as 1Gi or 512Mi" $raw) -}}
+{{- $value := index . 0 -}}
+{{- $raw := "" -}}
+{{- if or (kindIs "float64" $value) (kindIs "float32" $value) -}}
+{{- $raw = printf "%.0f" $value -}}
+{{- else -}}
+{{- $raw = toString $value | trim -}}
 {{- end -}}
+{{- $number := regexFind "^[0-9]+([.][0-9]+)?" $raw -}}
+{{- $unit := trimPrefix $number $raw | trim -}}
+{{- $units := dict "" 1 "B" 1 "K" 1000 "KB" 1000 "M" 1000000 "MB" 1000000 "G" 1000000000 "GB" 1000000000 "T" 1000000000000 "TB" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 -}}
+{{- if or (not $number) (not (hasKey $units $unit)) -}}
+{{- fail (printf "%s: %q is not a size such as 1Gi, 512Mi or 1048576" (index . 1) $raw) -}}
+{{- end -}}
+{{- if contains "." $number -}}
+{{- /* As the config model reads it: the whole bytes of number x unit. */ -}}
+{{- printf "%.0f" (floor (mulf (float64 $number) (index $units $unit))) -}}
+{{- else -}}
 {{- mul (int64 $number) (index $units $unit) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The edge's caches: which sidecars run, and where they listen. */}}
+{{- define "aeterna.sessionStoreSidecar" -}}
+{{- $mode := .Values.sessionStore.mode -}}
+{{- if not (has $mode (list "sidecar" "external")) -}}
+{{- fail (printf "sessionStore.mode: %q is neither sidecar nor external" $mode) -}}
+{{- end -}}
+{{- if eq $mode "sidecar" -}}true{{- end -}}
+{{- end -}}
+
+{{- define "aeterna.sessionStoreURL" -}}
+{{- printf "redis://127.0.0.1:%d/0" (.Values.sessionStore.port | int) -}}
+{{- end -}}
+
+{{- define "aeterna.workingCacheURL" -}}
+{{- printf "redis://127.0.0.1:%d/0" (.Values.dragonfly.port | int) -}}
 {{- end -}}
 
 {{/* Pod annotations the mesh needs. */}}

@@ -1,0 +1,168 @@
+"""The drain's bookkeeping of refusals, rounds and progress (pure logic around a scripted central).
+
+A fake of the ``Central`` port is fine here: what is tested is the sync engine's own decisions —
+when a batch refused as a whole is dead-lettered, when a channel counts as degraded, when FlushSync
+must not say OK. The same behaviour against real processes is in ``tests/fault/test_poison.py``.
+The outbox is the real SQLite one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aeterna_shared.config import AeternaConfig
+from aeterna_shared.errors import InvalidArgument, Unavailable
+from edge_svc import sync as sync_module
+from edge_svc.link import LinkMonitor
+from edge_svc.records import Ack, Channel, OutboxBatch
+from edge_svc.store.outbox import REFUSED_PREFIX, ChannelLimits, Outbox
+from edge_svc.sync import DEGRADED_AFTER_ROUNDS, STUCK_AFTER_SECONDS, SyncEngine
+from tests.edge.conftest import closed_port, edge_document
+
+
+class ScriptedCentral:
+    """Acks every batch, except those ``refuse`` names (raises for them) or all while ``down``."""
+
+    def __init__(self) -> None:
+        self.refuse: dict[str, Exception] = {}
+        self.down: Exception | None = None
+        self.sent: list[list[int]] = []
+        self.item_failures: dict[int, tuple[tuple[str, str, str], ...]] = {}
+        self.script: list[Exception | None] = []
+        """Errors for the next sends, in order (None: answer normally)."""
+
+    async def send(self, channel: Channel, batches: Sequence[OutboxBatch]) -> list[Ack]:
+        self.sent.append([b.sequence for b in batches])
+        scripted = self.script.pop(0) if self.script else None
+        if scripted is not None:
+            raise scripted
+        if self.down is not None:
+            raise self.down
+        acks = []
+        for batch in batches:
+            if batch.batch_id in self.refuse:
+                if acks:
+                    return acks
+                raise self.refuse[batch.batch_id]
+            failures = self.item_failures.get(batch.sequence, ())
+            acks.append(
+                Ack(batch.sequence, batch.batch_id, len(batch.items) - len(failures), len(failures), 0, failures)
+            )
+        return acks
+
+    async def checkpoints(self) -> dict[Channel, int]:
+        return {}
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> tuple[SyncEngine, Outbox, ScriptedCentral]:
+    config = AeternaConfig.model_validate(
+        edge_document(
+            tmp_path / "edge",
+            closed_port(),
+            **{
+                "centralServer.healthCheck.interval": "50ms",
+                # No session store here: flush() would collect sessions first.
+                "sync.memoryLayers.session.syncEnabled": False,
+            },
+        )
+    )
+    outbox = Outbox(tmp_path / "outbox.db", {c: ChannelLimits(1000, 3600) for c in Channel})
+    central = ScriptedCentral()
+    link = LinkMonitor(config, lambda _: None)  # type: ignore[arg-type, return-value]
+    link.state.online = True  # set directly: no reconnect drain racing the test
+    sync = SyncEngine(config, outbox, central, link, sessions=None)  # type: ignore[arg-type]
+    return sync, outbox, central
+
+
+async def test_a_batch_refused_as_a_whole_moves_to_the_dead_letters_after_the_retries(
+    engine: tuple[SyncEngine, Outbox, ScriptedCentral],
+) -> None:
+    sync, outbox, central = engine
+    bad = outbox.enqueue(Channel.DECISIONS, [{"id": "d1"}, {"id": "d2"}])
+    good = outbox.enqueue(Channel.DECISIONS, [{"id": "d3"}])
+    central.refuse[bad.batch_id] = InvalidArgument("central refused the batch: too large", reason="BATCH_TOO_LARGE")
+    result = await sync.drain_round(Channel.DECISIONS)
+    retries = 2  # edge_document's sync.centralServer.maxRetries
+    # The window first, then the refused batch alone until central refused it more than maxRetries times.
+    assert central.sent == [[1, 2]] + [[1]] * retries + [[2]]
+    assert (result.batches, result.items, result.dead_lettered, result.gave_up) == (1, 1, 2, False)
+    [row] = outbox.dead_letter_rows(Channel.DECISIONS)
+    assert (row.batch_id, row.reason, row.items) == (bad.batch_id, REFUSED_PREFIX + "BATCH_TOO_LARGE", bad.items)
+    assert "too large" in row.detail
+    assert outbox.pending(Channel.DECISIONS, 10) == []
+    assert good.sequence == 2
+
+
+async def test_refusals_of_one_batch_count_across_rounds(engine: tuple[SyncEngine, Outbox, ScriptedCentral]) -> None:
+    """Other errors in between (a stream's client-side INTERNAL, a restart) do not reset the count, and
+    neither does the end of a round: a batch central keeps refusing cannot block its channel for ever."""
+    sync, outbox, central = engine
+    bad = outbox.enqueue(Channel.EPISODES, [{"id": "e1"}])
+    central.refuse[bad.batch_id] = InvalidArgument("no", reason="INVALID_ARGUMENT")
+    restarting = Unavailable("central is restarting")
+    central.script = [None, restarting, None, restarting]  # refused, failed, refused | failed, refused
+    first = await sync.drain_round(Channel.EPISODES)
+    assert (first.gave_up, first.dead_lettered) == (True, 0)
+    second = await sync.drain_round(Channel.EPISODES)
+    assert (second.gave_up, second.dead_lettered) == (False, 1)
+    assert len(central.sent) == 5
+    assert outbox.pending(Channel.EPISODES, 10) == []
+
+
+async def test_item_failures_in_an_ack_are_dead_lettered(engine: tuple[SyncEngine, Outbox, ScriptedCentral]) -> None:
+    sync, outbox, central = engine
+    batch = outbox.enqueue(Channel.VECTORS, [{"id": "v1"}, {"id": "v2"}])
+    central.item_failures[batch.sequence] = (("v2", "INVALID_ITEM", "vectors[1].payload.k: contains a NUL"),)
+    result = await sync.drain_round(Channel.VECTORS)
+    assert (result.batches, result.items, result.dead_lettered) == (1, 1, 1)
+    [row] = outbox.dead_letter_rows(Channel.VECTORS)
+    assert row.items == [{"id": "v2"}]
+    assert row.reason == REFUSED_PREFIX + "INVALID_ITEM"
+
+
+async def test_a_channel_without_progress_is_degraded_and_flush_says_so(
+    engine: tuple[SyncEngine, Outbox, ScriptedCentral],
+) -> None:
+    sync, outbox, central = engine
+    outbox.enqueue(Channel.DECISIONS, [{"id": "d1"}])
+    central.down = Unavailable("database unreachable", reason="DATABASE_UNAVAILABLE")
+    for _ in range(DEGRADED_AFTER_ROUNDS):
+        assert Channel.DECISIONS not in sync.degraded()
+        with pytest.raises(Unavailable) as caught:
+            await sync.flush()
+        assert caught.value.reason == "SYNC_STUCK"
+        assert "decisions channel: database unreachable [DATABASE_UNAVAILABLE]" in caught.value.message
+        assert caught.value.metadata["channels"] == "decisions"
+    reasons = sync.degraded()
+    assert set(reasons) == {Channel.DECISIONS}
+    assert "database unreachable" in reasons[Channel.DECISIONS]
+    # Offline is offline, not degraded.
+    sync._link.state.online = False
+    assert sync.degraded() == {}
+    sync._link.state.online = True
+    central.down = None
+    result = await sync.flush()
+    assert result.items_pending == 0
+    assert sync.degraded() == {}
+
+
+async def test_an_oldest_batch_that_does_not_move_degrades_its_channel(
+    engine: tuple[SyncEngine, Outbox, ScriptedCentral], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round that never ends (sends hanging up to their deadline, retried) is caught by the clock rule."""
+    sync, outbox, central = engine
+    outbox.enqueue(Channel.EPISODES, [{"id": "e1"}])
+    central.down = Unavailable("slow")
+    sync._link.state.changed_at = 0.0
+    now = [1_000_000.0]
+    monkeypatch.setattr(sync_module.time, "time", lambda: now[0])
+    await sync.drain_round(Channel.EPISODES)  # one failed round: not degraded by the round rule yet
+    assert sync.degraded() == {}
+    now[0] += max(STUCK_AFTER_SECONDS, sync._stuck_after[Channel.EPISODES]) + 1
+    reasons: dict[Any, str] = sync.degraded()
+    assert "has not moved for" in reasons[Channel.EPISODES]
