@@ -27,8 +27,12 @@ def render_central(status: dict[str, Any]) -> str:
         f"edges           {online} online of {len(edges)} registered",
     ]
     if edges:
-        lines += ["", f"{'agent id':<24} {'region':<16} state"]
-        lines += [f"{e['agentId']:<24} {e['region']:<16} {e['state']}" for e in edges]
+        lines += ["", f"{'agent id':<24} {'region':<16} {'state':<9} incarnation"]
+        lines += [
+            f"{e['agentId']:<24} {e['region']:<16} {e['state']:<9} {e['incarnationId'] or '(none)'}"
+            + (f"  (re-provisioned: {e['incarnationCount']} incarnations)" if e["incarnationCount"] > 1 else "")
+            for e in edges
+        ]
     return "\n".join(lines)
 
 

@@ -265,11 +265,17 @@ class CentralClient:
             raise
         return response.bundle.version
 
-    def edges(self) -> list[tuple[str, str, str]]:
-        """(agent id, region, state) of every registered edge."""
+    def edges(self) -> list[dict[str, Any]]:
+        """Every registered edge: agent id, region, state and incarnation (more than one: re-provisioned)."""
         response = self._sync.ListEdges(sync_pb2.ListEdgesRequest(page_size=100), metadata=self._metadata, timeout=10)
         return [
-            (edge.agent_id, edge.region, sync_pb2.EdgeState.Name(edge.state).removeprefix("EDGE_STATE_").lower())
+            {
+                "agentId": edge.agent_id,
+                "region": edge.region,
+                "state": sync_pb2.EdgeState.Name(edge.state).removeprefix("EDGE_STATE_").lower(),
+                "incarnationId": edge.incarnation_id,
+                "incarnationCount": edge.incarnation_count,
+            }
             for edge in response.edges
         ]
 
@@ -308,7 +314,7 @@ def status_of(target: str, timeout: float) -> dict[str, Any]:
                 "target": target,
                 "policyVersion": client.policy_version(),
                 "pendingConflicts": len(client.conflicts()),
-                "edges": [{"agentId": a, "region": r, "state": s} for a, r, s in edges],
+                "edges": edges,
             }
         finally:
             client.close()

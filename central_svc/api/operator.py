@@ -111,9 +111,13 @@ async def list_edges(args: argparse.Namespace) -> int:
                 raise _failure(error) from None
             for e in page.edges:
                 last = e.last_sync_time.ToJsonString() if e.HasField("last_sync_time") else "never"
+                # More than one incarnation: the edge was re-provisioned (a new data directory) at least once.
+                incarnation = f"  incarnation={e.incarnation_id or '(none)'}"
+                if e.incarnation_count > 1:
+                    incarnation += f" (re-provisioned: {e.incarnation_count} incarnations)"
                 print(
                     f"{e.agent_id}  {sync_pb2.EdgeState.Name(e.state)}  region={e.region}  "
-                    f"tenant={e.tenant_id}  last_sync={last}"
+                    f"tenant={e.tenant_id}  last_sync={last}{incarnation}"
                 )
             token = page.next_page_token
             if not token:

@@ -45,7 +45,9 @@ async def test_status_of_an_edge_and_of_central(
 
     central_json = json.loads(status(central.target, "--json").stdout)
     assert central_json["role"] == "central"
-    assert {"agentId": "edge-1", "region": "us-west-2", "state": "online"} in central_json["edges"]
+    shown = [{k: e[k] for k in ("agentId", "region", "state")} for e in central_json["edges"]]
+    assert {"agentId": "edge-1", "region": "us-west-2", "state": "online"} in shown
+    assert all(e["incarnationId"] and e["incarnationCount"] == 1 for e in central_json["edges"])
     central_table = status(central.target)
     assert "1 online of 1 registered" in central_table.stdout
 
