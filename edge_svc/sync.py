@@ -412,7 +412,8 @@ class SyncEngine:
                 if acks:
                     await self._settle(channel, acks, result)
                     if channel is Channel.SESSIONS:
-                        await self._release_sessions(batches, acks)
+                        acked = {ack.sequence for ack in acks}
+                        await self._release_sessions([b for b in batches if b.sequence in acked])
                 if len(acks) == len(batches):
                     failures = 0
                     continue
@@ -433,10 +434,9 @@ class SyncEngine:
         health.round_ended(result)
         return result
 
-    async def _release_sessions(self, batches: Sequence[OutboxBatch], acks: Sequence[Ack]) -> None:
-        """Central has these sessions now: their local copies may expire (step 4 of the order above)."""
-        acked = {ack.sequence for ack in acks}
-        changes = [SessionChange.from_json(item) for b in batches if b.sequence in acked for item in b.items]
+    async def _release_sessions(self, applied: Sequence[OutboxBatch]) -> None:
+        """Central has applied these session batches: their local copies may expire (step 4 of the order above)."""
+        changes = [SessionChange.from_json(item) for batch in applied for item in batch.items]
         await self._sessions.release(self._tenant, changes)
 
     async def _settle(self, channel: Channel, acks: Sequence[Ack], result: DrainResult) -> None:
@@ -542,6 +542,10 @@ class SyncEngine:
             checkpoints = {}
         for channel, sequence in checkpoints.items():
             if sequence:
+                if channel is Channel.SESSIONS:
+                    # Applied at central although their acks were lost: their sessions may expire too.
+                    held = await asyncio.to_thread(self._outbox.pending, channel, _WINDOW * 32)
+                    await self._release_sessions([b for b in held if b.sequence <= sequence])
                 dropped = await asyncio.to_thread(self._outbox.ack, channel, [], sequence)
                 if dropped:
                     _log.info(
