@@ -8,12 +8,13 @@ the socket path would exceed the kernel's limit.
 
 The edge runs two of them, one per role (see ``edge_svc.__main__``):
 
-* the **session store** (``durable=True``, ``noeviction``): session memory is
-  acknowledged to agents as soon as Redis has it, and only moves into the
+* the **session store** (``durable=True``, ``volatile-lru``): session memory
+  is acknowledged to agents as soon as Redis has it, and only moves into the
   durable outbox at the next collection. So this server keeps an append-only
-  file fsynced on every write (``appendfsync always``) and never evicts: an
-  edge killed between a write and the next collection finds the session, and
-  its dirty mark, again when it restarts. When it is full, writes are refused.
+  file fsynced on every write (``appendfsync always``) and evicts only keys
+  with a TTL, which an unsynced session never has: an edge killed between a
+  write and the next collection finds the session, and its dirty mark, again
+  when it restarts. When only unsynced data is left, writes are refused.
 * **working memory** (``durable=False``, an evicting policy): short-lived
   values, the only layer that may be evicted, no persistence at all.
 
