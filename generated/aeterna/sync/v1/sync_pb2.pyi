@@ -1224,8 +1224,9 @@ class EdgeInfo(_message.Message):
     state: Global___EdgeState.ValueType
     """How central sees the edge now."""
     incarnation_id: _builtins.str
-    """The incarnation of the edge's local state that central heard from last
-    (see `BatchHeader.incarnation_id`).
+    """The edge's current incarnation: the newest one central has heard from
+    (see `BatchHeader.incarnation_id`). Late batches of an earlier
+    incarnation are applied but do not make it current again.
     """
     incarnation_count: _builtins.int
     """How many incarnations of this agent id central has seen; more than one

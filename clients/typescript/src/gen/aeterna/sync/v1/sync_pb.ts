@@ -1117,8 +1117,9 @@ export type EdgeInfo = Message<"aeterna.sync.v1.EdgeInfo"> & {
   lastSeenTime?: Timestamp | undefined;
 
   /**
-   * The incarnation of the edge's local state that central heard from last
-   * (see `BatchHeader.incarnation_id`).
+   * The edge's current incarnation: the newest one central has heard from
+   * (see `BatchHeader.incarnation_id`). Late batches of an earlier
+   * incarnation are applied but do not make it current again.
    *
    * @generated from field: string incarnation_id = 7;
    */
