@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from aeterna.memory.v1 import memory_pb2
 from aeterna.policy.v1 import decision_pb2
 from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
+from google.protobuf import struct_pb2
 from grpc import aio
 
 from aeterna_shared import limits
@@ -98,48 +99,13 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         async for request in request_iterator:
             meta, identity = self._admit(request, Channel.SESSIONS, len(request.sessions) + len(request.appends))
             records = [
-                SessionRecord(
-                    session_id=s.session_id,
-                    user_id=s.user_id,
-                    last_activity=to_datetime(
-                        s.last_activity_time, s.HasField("last_activity_time"), "sessions.last_activity_time"
-                    ),
-                    checksum=s.checksum,
-                    computed_checksum=session_checksum(s),
-                    claimed_tenant_id=s.tenant_id,
-                    data=s.SerializeToString(deterministic=True),
-                    problem=limits.problem_of(
-                        limits.validate_session_item,
-                        session_id=s.session_id,
-                        user_id=s.user_id,
-                        messages=s.messages,
-                        state=s.state,
-                        field=f"sessions[{index}]",
-                    ),
-                )
+                SessionRecord(**_session_item(s, f"sessions[{index}]", s.state, "state"))
                 for index, s in enumerate(request.sessions)
             ]
             appends = [
                 SessionAppendRecord(
-                    session_id=a.session_id,
-                    user_id=a.user_id,
-                    last_activity=to_datetime(
-                        a.last_activity_time, a.HasField("last_activity_time"), "appends.last_activity_time"
-                    ),
-                    checksum=a.checksum,
-                    computed_checksum=session_checksum(a),
-                    claimed_tenant_id=a.tenant_id,
+                    **_session_item(a, f"appends[{index}]", a.state_patch, "state_patch"),
                     message_ids=tuple(m.message_id for m in a.messages),
-                    data=a.SerializeToString(deterministic=True),
-                    problem=limits.problem_of(
-                        limits.validate_session_item,
-                        session_id=a.session_id,
-                        user_id=a.user_id,
-                        messages=a.messages,
-                        state=a.state_patch,
-                        field=f"appends[{index}]",
-                        state_field="state_patch",
-                    ),
                 )
                 for index, a in enumerate(request.appends)
             ]
@@ -446,3 +412,29 @@ def _enum(kind: type[_E], value: int, field: str) -> _E | None:
         return kind(value)
     except ValueError:
         raise InvalidArgument.for_field(field, f"{value} is not a known value") from None
+
+
+def _session_item(
+    item: memory_pb2.Session | sync_pb2.SessionAppend, field: str, state: struct_pb2.Struct, state_field: str
+) -> dict[str, Any]:
+    """The fields a whole session and an append share, for their domain records."""
+    return {
+        "session_id": item.session_id,
+        "user_id": item.user_id,
+        "last_activity": to_datetime(
+            item.last_activity_time, item.HasField("last_activity_time"), f"{field}.last_activity_time"
+        ),
+        "checksum": item.checksum,
+        "computed_checksum": session_checksum(item),
+        "claimed_tenant_id": item.tenant_id,
+        "data": item.SerializeToString(deterministic=True),
+        "problem": limits.problem_of(
+            limits.validate_session_item,
+            session_id=item.session_id,
+            user_id=item.user_id,
+            messages=item.messages,
+            state=state,
+            field=field,
+            state_field=state_field,
+        ),
+    }
