@@ -51,9 +51,9 @@ than three of the channel's sync intervals (at least ``STUCK_AFTER_SECONDS``).
 ``GetEdgeStatus``, ``aeterna status``, the ``aeterna_sync_degraded`` gauge
 and the ``aeterna.sync`` health service report it, and ``flush`` (FlushSync)
 answers UNAVAILABLE naming the channel and central's last answer instead of OK
-when a channel made no progress in it. The outbox refuses items before they
-are queued that central could not store (``aeterna_shared.limits``) or that
-would not fit a batch (``sync.batch.maxBytes``), and decisions and vectors
+when a channel made no progress in it. Items central could not store
+(``aeterna_shared.limits``) are refused at the API before anything is queued,
+items that would not fit a batch (``sync.batch.maxBytes``) here, and decisions and vectors
 are split into batches by size as well as by count.
 
 One limitation stays: a batch that central applied but whose ack was lost is
@@ -72,7 +72,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aeterna_shared import limits
 from aeterna_shared.config import AeternaConfig
 from aeterna_shared.errors import AeternaError, AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from edge_svc.backoff import backoff_delay
@@ -229,13 +228,6 @@ class SyncEngine:
         them, yet no caller is answered before its decision is on disk: an edge
         killed right after answering still replays that decision.
         """
-        limits.validate_decision(
-            decision_id=decision.decision_id,
-            principal=decision.principal,
-            action=decision.action,
-            resource=decision.resource,
-            metadata=decision.metadata or None,
-        )
         item = decision.to_json()
         self._fits(item, "decision")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -255,13 +247,6 @@ class SyncEngine:
             return
         items = []
         for index, vector in enumerate(vectors):
-            limits.validate_vector(
-                vector_id=vector.vector_id,
-                values=vector.values,
-                region=vector.region,
-                payload=vector.payload or None,
-                field=f"vectors[{index}]",
-            )
             items.append(vector.to_json())
             self._fits(items[-1], f"vectors[{index}]")
         size = self._config.sync.episodic_memory.vector_sync.batch_size
@@ -271,13 +256,6 @@ class SyncEngine:
 
     async def queue_episode(self, episode: EpisodeRecord) -> OutboxBatch:
         """Commit one episode to the outbox (eventual mode; also the first step of strong mode)."""
-        limits.validate_episode(
-            episode_id=episode.episode_id,
-            session_id=episode.session_id,
-            content=episode.content,
-            embedding=episode.embedding,
-            metadata=episode.metadata or None,
-        )
         item = episode.to_json()
         self._fits(item, "episode")
         return await asyncio.to_thread(self._outbox.enqueue, Channel.EPISODES, [item])
@@ -285,9 +263,8 @@ class SyncEngine:
     def _fits(self, item: JsonDict, field: str) -> None:
         """INVALID_ARGUMENT for an item that no batch could carry to central: it would block its channel.
 
-        (What central could not store is refused earlier, by the same checks
-        central runs, ``aeterna_shared.limits``; they run here again so that the
-        outbox never holds such an item, whatever path it came by.)
+        (What central could not store is refused earlier, at the API, by the
+        same checks central runs, ``aeterna_shared.limits``: ``edge_svc.api.codec``.)
         """
         size = len(json.dumps(item, separators=(",", ":")))
         if size > self._item_budget:
