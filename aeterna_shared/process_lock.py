@@ -20,12 +20,19 @@ PostgreSQL alike:
   stale record is only removed.
 
 ``launch`` also asks Linux to SIGKILL the child when its parent dies
-(``prctl(PR_SET_PDEATHSIG)``). That is a belt, not the guarantee: the signal
-fires when the *thread* that forked the child exits, not the process, so it is
-set only when launching from the main thread (a worker thread of an executor
-may exit long before its process does, and would take the server with it). It
-also does not cover a crash between the fork and the ``prctl`` call, which is
-checked, or platforms other than Linux. The orphan sweep covers all of these.
+(``prctl(PR_SET_PDEATHSIG)``, set by util-linux's ``setpriv --pdeathsig``,
+which then execs the server). That is a belt, not the guarantee: the signal
+fires when the *thread* that started the child exits, not the process, so it
+is set only when launching from the main thread (a worker thread of an
+executor may exit long before its process does, and would take the server
+with it). It also does not cover the owner dying before ``setpriv`` runs, or
+platforms without ``setpriv``. The orphan sweep covers all of these.
+
+No Python code runs between fork and exec (no ``preexec_fn``, no ``user=``):
+the launching processes run gRPC's threads, and a plain ``fork()`` runs
+gRPC's fork handlers, which now and then crashed the child (SIGSEGV in the
+event engine's poller) before it could exec. Without them Python starts the
+child with ``vfork``, which runs no fork handlers at all.
 
 No gRPC, no database driver: the only dependencies are the standard library
 and ``aeterna_shared.errors``.
@@ -34,11 +41,11 @@ and ``aeterna_shared.errors``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,7 +77,6 @@ _log = logging.getLogger(__name__)
 LOCK_FILE_NAME = "owner.lock"
 """Name of the lock file inside an owned directory."""
 
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _PROC = Path("/proc")
 
 
@@ -328,30 +334,29 @@ def sweep_orphan(
 # --- launching -----------------------------------------------------------------------------
 
 
-def _parent_death_preexec() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child get SIGKILL when the launching thread dies (Linux only).
+def _parent_death_prefix() -> list[str]:
+    """The command prefix that makes the child get SIGKILL when the launching thread dies (Linux only)."""
+    setpriv = shutil.which("setpriv")
+    if not sys.platform.startswith("linux") or setpriv is None:
+        return []
+    return [setpriv, "--pdeathsig", "KILL", "--"]
 
-    Everything is resolved here, in the parent: the child only calls one
-    libc function and compares two pids before exec.
+
+def run_as_prefix(user: str | None) -> list[str]:
+    """The command prefix that runs a command as ``user`` (``[]`` for ourselves), without ``preexec_fn``.
+
+    ``subprocess``'s own ``user=`` makes Python fork rather than vfork, and so
+    run gRPC's fork handlers in the child (see the module docstring).
     """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    parent = os.getpid()
-    kill_signal = int(signal.SIGKILL)
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, kill_signal, 0, 0, 0)
-        # The owner may have died between fork and prctl: then nobody would send the signal.
-        if os.getppid() != parent:
-            os.kill(os.getpid(), kill_signal)
-
-    return preexec
+    if user is None:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise FailedPrecondition(
+            f"running a server as the system user {user!r} needs setpriv (Debian package util-linux)",
+            reason="SETPRIV_MISSING",
+        )
+    return [setpriv, f"--reuid={user}", f"--regid={user}", "--init-groups", "--"]
 
 
 def launch(argv: Sequence[str], pid_file: ChildPidFile, *, die_with_parent: bool = True) -> subprocess.Popen[bytes]:
@@ -361,16 +366,15 @@ def launch(argv: Sequence[str], pid_file: ChildPidFile, *, die_with_parent: bool
     module docstring) the child gets SIGKILL when this process dies. Its
     output goes nowhere: servers write their own log files.
     """
-    preexec = None
+    prefix: list[str] = []
     if die_with_parent and threading.current_thread() is threading.main_thread():
-        preexec = _parent_death_preexec()
+        prefix = _parent_death_prefix()
     process = subprocess.Popen(
-        list(argv),
+        [*prefix, *argv],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         close_fds=True,
-        preexec_fn=preexec,  # noqa: PLW1509 - only prctl + getppid run in the child, see _parent_death_preexec
     )
     try:
         pid_file.write(process.pid, argv)

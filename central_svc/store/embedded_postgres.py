@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote
 
-from aeterna_shared.process_lock import DataDirLock, is_server_of, processes_working_in
+from aeterna_shared.process_lock import DataDirLock, is_server_of, processes_working_in, run_as_prefix
 
 
 def _wheel_bin_path() -> Path:
@@ -158,8 +158,7 @@ class EmbeddedPostgres:
     def _command(self, name: str, args: list[str], timeout: float = 60.0) -> None:
         executable = str(POSTGRES_BIN_PATH / name)
         result = subprocess.run(
-            [executable, *args],
-            user=self._user,
+            [*run_as_prefix(self._user), executable, *args],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -67,8 +67,9 @@ async def test_session_written_at_edge_is_in_central_postgres(
         session.state.update({"step": 2, "topic": "sync"})
         put = await stub.PutSession(edge_pb2.PutSessionRequest(session=session))
         assert put.session.checksum
+        # The edge's own session loop may have synced it already, so this flush may ack 0 items
+        # itself; what it must say is that nothing is left, and the row must be at central.
         flushed = await stub.FlushSync(edge_pb2.FlushSyncRequest())
-        assert flushed.items_acked >= 1
         assert flushed.items_pending == 0
 
     with psycopg.connect(_plain_url(database_url)) as connection:

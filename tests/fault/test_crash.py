@@ -286,19 +286,6 @@ async def test_sigkill_central_mid_batch(rig: Rig, request: pytest.FixtureReques
     )
 
 
-def _start_postgres(server: EmbeddedPostgres) -> None:
-    """Start again; pg_ctl forked from this (gRPC-threaded) test process occasionally dies of a signal
-    in the child after fork, so a failed pg_ctl is retried (``start`` is a no-op once the server runs)."""
-    for attempt in range(5):
-        try:
-            server.start()
-            return
-        except EmbeddedPostgresError:
-            if attempt == 4:
-                raise
-            time.sleep(0.2)
-
-
 @pytest.fixture
 def durable_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL of this test's own, with its real durability settings.
@@ -356,7 +343,7 @@ async def _postgres_trials(rig: Rig, n: int, rng: random.Random, agent: str, pos
 
     for _ in range(n):
         await _bounced_during(rng.uniform(0.05, 0.35), crash, _write_for(writer, rig.edge_client, 0.4))
-        await asyncio.to_thread(_start_postgres, postgres_server)
+        await asyncio.to_thread(postgres_server.start)
     await _verify(
         "postgres-restart-mid-transaction",
         writer,
