@@ -28,11 +28,14 @@ COPY aeterna_cli ./aeterna_cli
 COPY central_svc ./central_svc
 COPY edge_svc ./edge_svc
 COPY interceptors ./interceptors
+COPY aeterna_security ./aeterna_security
+COPY aeterna_client ./aeterna_client
+COPY aeterna_server ./aeterna_server
 COPY generated ./generated
 # qdrant: central's optional Qdrant-server backend (values-central.yaml uses it).
 RUN pip install --upgrade pip setuptools wheel \
  && pip install ".[qdrant]" \
- && python -c "import aeterna_cli.main, central_svc, edge_svc, interceptors"
+ && python -c "import aeterna_cli.main, central_svc.__main__, edge_svc.__main__"
 
 # --- runtime: the virtualenv only, as a non-root user ------------------------
 FROM ${PYTHON_IMAGE} AS runtime

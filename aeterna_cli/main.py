@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from aeterna_cli import certs as certs_cli
 from aeterna_cli import status as status_cli
 from central_svc import cli as central_cli
 from edge_svc import cli as edge_cli
-from interceptors import cli as certs_cli
 
 Command = Callable[[argparse.Namespace], int]
 

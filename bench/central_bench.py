@@ -30,7 +30,9 @@ from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
 from google.protobuf import timestamp_pb2
 from grpc import aio
 
+from aeterna_security.keys import DEVELOPMENT_KEY
 from aeterna_shared.config import AeternaConfig
+from aeterna_shared.wire.canonical import session_checksum, sign_batch
 from bench.suite import Env, Figure, Sample, human
 from central_svc.deps import CentralDeps, build_deps
 from central_svc.server import create_server
@@ -40,8 +42,6 @@ from central_svc.store.sessions import UPSERT
 from central_svc.store.urls import psycopg_conninfo
 from edge_svc.__main__ import open_edge
 from edge_svc.records import Message, SessionRecord
-from interceptors.canonical import session_checksum, sign_batch
-from interceptors.keys import DEVELOPMENT_KEY
 
 AGENT = "bench-edge"
 METADATA = (("x-aeterna-agent-id", AGENT), ("x-aeterna-tenant-id", "default"))

@@ -31,10 +31,10 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aeterna_cli.processes import ServiceFactory, ServiceProcess
+from aeterna_security.keys import DEVELOPMENT_KEY
+from aeterna_shared.wire.canonical import session_checksum, sign_batch
 from bench.central_bench import DIMENSION, header, make_sessions, migrated
 from bench.suite import Env, Figure, Sample
-from interceptors.canonical import session_checksum, sign_batch
-from interceptors.keys import DEVELOPMENT_KEY
 
 PER_CONNECTION = 100
 OPERATOR = (("x-aeterna-agent-id", "bench-operator"), ("x-aeterna-tenant-id", "default"))

@@ -22,8 +22,8 @@ from datetime import UTC, datetime, timedelta
 from aeterna.sync.v1 import sync_pb2
 from google.protobuf import json_format
 
+from aeterna_shared.wire.canonical import session_checksum, sign_batch
 from bench.suite import Env, Figure, Sample
-from interceptors.canonical import session_checksum, sign_batch
 
 GOAL = 0.15
 FRAME = 16_384  # default HTTP/2 max frame size

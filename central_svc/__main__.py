@@ -14,6 +14,7 @@ from pathlib import Path
 
 import prometheus_client
 
+from aeterna_server.server import mark_not_serving, mark_serving, start_health_server
 from aeterna_shared.config import AeternaConfig, load_config
 from aeterna_shared.logs import configure_logging
 from central_svc.deps import build_deps
@@ -23,7 +24,6 @@ from central_svc.snapshots import SnapshotScheduler
 from central_svc.store.database import Database
 from central_svc.store.embedded_postgres import EmbeddedPostgres
 from central_svc.store.migrate import upgrade
-from interceptors.server import mark_not_serving, mark_serving, start_health_server
 from interceptors.telemetry import MetricsEndpoint, install_tracer_provider, serve_metrics
 
 _log = logging.getLogger("central")

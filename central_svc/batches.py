@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import IntEnum
 
+from aeterna_security.identity import Identity
 from aeterna_shared import limits
 from aeterna_shared.errors import AlreadyExists, InvalidArgument, Unauthenticated
-from interceptors.identity import Identity
 
 MAX_INCARNATION_ID = 64
 """Longest ``incarnation_id`` accepted (the edge sends a 36-character UUID)."""

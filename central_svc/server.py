@@ -6,14 +6,14 @@ from aeterna.policy.v1 import policy_pb2, policy_pb2_grpc
 from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
 from grpc import aio
 
+from aeterna_security.keys import SigningKeyring
+from aeterna_security.tls import server_credentials
+from aeterna_server.server import ServiceBinding, bind, build_server
 from aeterna_shared.config import AeternaConfig
 from central_svc.api.policy import PolicyServicer
 from central_svc.api.sync import SyncServicer
 from central_svc.deps import CentralDeps
 from interceptors.chain import server_interceptors
-from interceptors.keys import SigningKeyring
-from interceptors.server import ServiceBinding, bind, build_server
-from interceptors.tls import server_credentials
 
 SERVICE_NAMES = (
     sync_pb2.DESCRIPTOR.services_by_name["SyncService"].full_name,

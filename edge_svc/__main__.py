@@ -41,6 +41,7 @@ from pathlib import Path
 import prometheus_client
 from prometheus_client import CollectorRegistry
 
+from aeterna_server.server import start_health_server
 from aeterna_shared.config import AeternaConfig, load_config
 from aeterna_shared.errors import AeternaError, FailedPrecondition
 from aeterna_shared.logs import configure_logging
@@ -61,7 +62,6 @@ from edge_svc.store.redis_server import EVICTION_POLICIES, OwnedRedis
 from edge_svc.store.vectors import QdrantEdgeStore
 from edge_svc.sync import SyncEngine
 from edge_svc.vectors import VectorIndex
-from interceptors.server import start_health_server
 from interceptors.telemetry import MetricsEndpoint, install_tracer_provider, serve_metrics
 
 _log = logging.getLogger("edge_svc")

@@ -20,12 +20,12 @@ from aeterna.edge.v1 import edge_pb2, edge_pb2_grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2
 
+from aeterna_security.tls import server_credentials
+from aeterna_server.server import ServiceBinding, bind, build_server, mark_not_serving, mark_serving
 from aeterna_shared.config import AeternaConfig
 from edge_svc.api.edge_service import EdgeService
 from edge_svc.node import EdgeNode
 from interceptors.chain import server_interceptors
-from interceptors.server import ServiceBinding, bind, build_server, mark_not_serving, mark_serving
-from interceptors.tls import server_credentials
 
 SERVICE_NAME = edge_pb2.DESCRIPTOR.services_by_name["EdgeService"].full_name
 SYNC_HEALTH_SERVICE = "aeterna.sync"

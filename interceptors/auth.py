@@ -15,10 +15,10 @@ from typing import Any, Protocol
 
 from grpc import aio
 
+from aeterna_security.identity import Identity, reset_identity, set_identity
 from aeterna_shared.errors import AeternaError, Unauthenticated
 from interceptors.errors import abort
 from interceptors.handlers import HookedInterceptor, PassThrough, UnaryCall
-from interceptors.identity import Identity, reset_identity, set_identity
 
 _log = logging.getLogger(__name__)
 

@@ -35,11 +35,11 @@ from typing import Any
 import jwt
 import yaml
 
+from aeterna_security.identity import Identity
+from aeterna_security.tls import identity_from_certificate, peer_certificate_pem
 from aeterna_shared.config import AeternaConfig
 from aeterna_shared.errors import InvalidArgument, Unauthenticated
 from interceptors.auth import Authenticator, DevelopmentAuthenticator
-from interceptors.identity import Identity
-from interceptors.tls import identity_from_certificate, peer_certificate_pem
 
 _log = logging.getLogger(__name__)
 

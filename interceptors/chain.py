@@ -22,13 +22,13 @@ from typing import Literal
 
 from grpc import aio
 
+from aeterna_security.tls import check_client_pin
 from aeterna_shared.config import AeternaConfig
 from interceptors.auth import Authenticator, AuthInterceptor, IdentityCheck
 from interceptors.authenticators import authenticator_from_config
 from interceptors.errors import ErrorMappingInterceptor
 from interceptors.ratelimit import Limiter, RateLimitInterceptor, StreamLimitInterceptor, limiter_from_config
 from interceptors.telemetry import MetricsInterceptor, RpcMetrics, Telemetry, tracing_server_interceptor
-from interceptors.tls import check_client_pin
 
 Role = Literal["central", "edge"]
 

@@ -26,11 +26,11 @@ from typing import Any, Protocol
 import grpc
 from grpc import aio
 
+from aeterna_security.identity import peek_identity
 from aeterna_shared.config import AeternaConfig
 from aeterna_shared.errors import ResourceExhausted
 from interceptors.errors import abort
 from interceptors.handlers import PUBLIC_PREFIXES, HookedInterceptor, PassThrough, UnaryCall, wrap_handler
-from interceptors.identity import peek_identity
 
 _log = logging.getLogger(__name__)
 

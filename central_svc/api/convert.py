@@ -10,9 +10,9 @@ from typing import Any
 from aeterna.sync.v1 import sync_pb2
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from aeterna_shared.wire.canonical import SignedRequest
+from aeterna_shared.wire.validation import check_timestamp, json_of
 from central_svc.batches import Ack, BatchMeta, Channel
-from interceptors.canonical import SignedRequest
-from interceptors.validation import check_timestamp, json_of
 
 
 def to_datetime(stamp: timestamp_pb2.Timestamp, present: bool = True, field: str = "timestamp") -> datetime | None:

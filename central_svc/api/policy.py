@@ -8,10 +8,10 @@ from typing import Any
 from aeterna.policy.v1 import policy_pb2, policy_pb2_grpc
 from grpc import aio
 
+from aeterna_security.identity import current_identity
 from aeterna_shared.errors import NotFound
 from central_svc.api.convert import to_timestamp
 from central_svc.policies import Bundle, PolicyAuthority, PolicyContent
-from interceptors.identity import current_identity
 
 Context = aio.ServicerContext[Any, Any]
 

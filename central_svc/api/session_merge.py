@@ -13,8 +13,8 @@ from datetime import UTC
 from aeterna.memory.v1 import memory_pb2
 from aeterna.sync.v1 import sync_pb2
 
+from aeterna_shared.wire.canonical import session_checksum
 from central_svc.sessions import MergedSession
-from interceptors.canonical import session_checksum
 
 
 class ProtobufSessionMerger:

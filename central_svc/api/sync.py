@@ -13,9 +13,12 @@ from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
 from google.protobuf import struct_pb2
 from grpc import aio
 
+from aeterna_security.identity import Identity, current_identity
+from aeterna_security.keys import SigningKeyring
 from aeterna_shared import limits
 from aeterna_shared.config import AeternaConfig
 from aeterna_shared.errors import InvalidArgument, Unauthenticated
+from aeterna_shared.wire.canonical import SignedRequest, session_checksum, signature_matches
 from central_svc import page_tokens
 from central_svc.api.convert import (
     batch_ack,
@@ -31,9 +34,6 @@ from central_svc.episodes import EpisodeFilter, EpisodeRecord
 from central_svc.replay import ConflictRecord, ConflictState, DecisionRecord, Resolution
 from central_svc.sessions import SessionAppendRecord, SessionRecord
 from central_svc.vectors import VectorQuery, VectorRecord
-from interceptors.canonical import SignedRequest, session_checksum, signature_matches
-from interceptors.identity import Identity, current_identity
-from interceptors.keys import SigningKeyring
 
 _E = TypeVar("_E", bound=IntEnum)
 _T = TypeVar("_T")

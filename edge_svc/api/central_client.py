@@ -1,6 +1,6 @@
 """The gRPC adapter of the ``Central`` port: everything the edge asks of central.
 
-The channel comes from ``interceptors.channel.open_central_channel`` (TLS,
+The channel comes from ``aeterna_client.channel.open_central_channel`` (TLS,
 pinning and credentials live there) and every call carries
 ``central_metadata(config)`` and a deadline. Batches are signed here, at send
 time, with a fresh ``sent_time`` on every attempt, so that a batch that waited
@@ -26,8 +26,11 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from aeterna_client.channel import central_metadata, open_central_channel
+from aeterna_security.keys import edge_signing_key
 from aeterna_shared.config import AeternaConfig
 from aeterna_shared.errors import AeternaError, AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
+from aeterna_shared.wire.canonical import sign_batch
 from edge_svc.api import codec
 from edge_svc.records import (
     Ack,
@@ -43,9 +46,6 @@ from edge_svc.records import (
     VectorRecord,
     now_ns,
 )
-from interceptors.canonical import sign_batch
-from interceptors.channel import central_metadata, open_central_channel
-from interceptors.keys import edge_signing_key
 
 CHANNELS = {
     Channel.SESSIONS: sync_pb2.SYNC_CHANNEL_SESSIONS,

@@ -12,6 +12,8 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from aeterna_shared import limits
 from aeterna_shared.errors import InvalidArgument
+from aeterna_shared.wire.canonical import session_checksum
+from aeterna_shared.wire.validation import check_timestamp, json_of
 from edge_svc.records import (
     DecisionRecord,
     EpisodeRecord,
@@ -23,8 +25,6 @@ from edge_svc.records import (
     SessionRecord,
     VectorRecord,
 )
-from interceptors.canonical import session_checksum
-from interceptors.validation import check_timestamp, json_of
 
 
 def ts(nanos: int) -> timestamp_pb2.Timestamp:

@@ -10,13 +10,13 @@ from aeterna.edge.v1 import edge_pb2, edge_pb2_grpc
 from aeterna.policy.v1 import decision_pb2
 from google.protobuf import struct_pb2
 
+from aeterna_security.identity import current_identity
 from aeterna_shared.errors import InvalidArgument, NotFound
+from aeterna_shared.wire.validation import json_of
 from edge_svc.api import codec
 from edge_svc.api.central_client import CHANNELS
 from edge_svc.node import EdgeNode
 from edge_svc.records import VectorRecord, now_ns
-from interceptors.identity import current_identity
-from interceptors.validation import json_of
 
 Context = Any
 

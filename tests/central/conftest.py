@@ -15,13 +15,13 @@ from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
 from google.protobuf import timestamp_pb2
 from grpc import aio
 
+from aeterna_security.keys import DEVELOPMENT_KEY
+from aeterna_server.server import mark_serving
 from aeterna_shared.config import AeternaConfig
+from aeterna_shared.wire.canonical import session_checksum, sign_batch
 from central_svc.deps import CentralDeps, build_deps
 from central_svc.server import SERVICE_NAMES, create_server
 from central_svc.store.database import Database
-from interceptors.canonical import session_checksum, sign_batch
-from interceptors.keys import DEVELOPMENT_KEY
-from interceptors.server import mark_serving
 from tests.support.postgres import TEST_VECTOR_DIMENSION
 
 

@@ -10,7 +10,7 @@ import pytest
 from aeterna.policy.v1 import decision_pb2
 from aeterna.sync.v1 import sync_pb2
 
-from interceptors.canonical import sign_batch
+from aeterna_shared.wire.canonical import sign_batch
 from tests.central.conftest import Central, Edge, now_stamp
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

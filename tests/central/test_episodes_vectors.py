@@ -13,10 +13,10 @@ import pytest
 from aeterna.memory.v1 import memory_pb2
 from aeterna.sync.v1 import sync_pb2
 
+from aeterna_shared.wire.canonical import sign_batch
 from central_svc import snapshots
 from central_svc.store.database import Database
 from central_svc.store.episodes import PostgresEpisodeStore
-from interceptors.canonical import sign_batch
 from tests.central.conftest import Central, Edge, now_stamp
 from tests.support.postgres import TEST_VECTOR_DIMENSION
 

@@ -16,12 +16,12 @@ from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_status import rpc_status
 
+from aeterna_shared.wire.canonical import sign_batch
 from central_svc.batches import AckStatus, BatchMeta, Channel
 from central_svc.store.embedded_postgres import EmbeddedPostgres
 from central_svc.store.ledger import ApplyResult, BatchLedger, Connection
 from central_svc.store.migrate import upgrade
 from central_svc.store.urls import psycopg_conninfo
-from interceptors.canonical import sign_batch
 from tests.central.conftest import Central, Edge, make_session, now_stamp
 from tests.support.postgres import TEST_VECTOR_DIMENSION
 

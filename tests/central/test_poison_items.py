@@ -25,9 +25,9 @@ from google.protobuf import timestamp_pb2
 
 from aeterna_shared import limits
 from aeterna_shared.errors import InvalidArgument
+from aeterna_shared.wire.canonical import sign_batch
 from central_svc.store.database import Database
 from central_svc.store.urls import psycopg_conninfo
-from interceptors.canonical import sign_batch
 from tests.central.conftest import Central, Edge, now_stamp
 from tests.central.test_sessions import reason_of
 from tests.support.postgres import TEST_VECTOR_DIMENSION

@@ -16,7 +16,7 @@ import pytest
 from aeterna.memory.v1 import memory_pb2
 from aeterna.sync.v1 import sync_pb2
 
-from interceptors.canonical import session_checksum, sign_batch
+from aeterna_shared.wire.canonical import session_checksum, sign_batch
 from tests.central.conftest import Central, Edge, make_session, now_stamp
 
 

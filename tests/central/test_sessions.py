@@ -11,9 +11,9 @@ from aeterna.sync.v1 import sync_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from aeterna_shared.wire.canonical import sign_batch
 from central_svc.batches import advance_checkpoint
 from central_svc.store.urls import psycopg_conninfo
-from interceptors.canonical import sign_batch
 from tests.central.conftest import Central, Edge, make_session, now_stamp
 
 

@@ -37,12 +37,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from grpc import aio
 
 from aeterna_cli.processes import ServiceFactory, ServiceProcess
+from aeterna_client.channel import open_central_channel
+from aeterna_client.credentials import ApiKeyCredentials, NoCredentials
 from aeterna_shared.config import AeternaConfig
+from aeterna_shared.wire.canonical import session_checksum, sign_batch
 from central_svc.store.embedded_postgres import EmbeddedPostgres
 from interceptors.authenticators import hash_api_key
-from interceptors.canonical import session_checksum, sign_batch
-from interceptors.channel import open_central_channel
-from interceptors.credentials import ApiKeyCredentials, NoCredentials
 from tests.fault.support import DIMENSION, report
 from tests.interceptors.conftest import error_reason
 from tests.support.tls import TlsMaterial

@@ -32,8 +32,8 @@ from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
 from google.protobuf import timestamp_pb2
 from grpc import aio
 
-from interceptors.canonical import session_checksum, sign_batch
-from interceptors.keys import DEVELOPMENT_KEY
+from aeterna_security.keys import DEVELOPMENT_KEY
+from aeterna_shared.wire.canonical import session_checksum, sign_batch
 from tests.fault.support import central_document, report
 from tests.support.services import ServiceFactory
 

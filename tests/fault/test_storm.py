@@ -1,7 +1,7 @@
 """Reconnect storm: 1,000 simulated edges lose one real central process together and reconnect.
 
 Each simulated edge is a lightweight client in this process (its own gRPC channel, development auth
-``x-aeterna-agent-id``, batches signed with ``interceptors.canonical.sign_batch`` and the development
+``x-aeterna-agent-id``, batches signed with ``aeterna_shared.wire.canonical.sign_batch`` and the development
 key) that retries with the edge's own ``edge_svc.backoff.backoff_delay`` (exponential, full jitter).
 Every edge syncs batch 1 (acknowledged), central is SIGKILLed and restarted on the same port, and every
 edge health-checks with backoff until central answers, reads its checkpoint (``GetSyncCheckpoint``),
@@ -28,10 +28,10 @@ from google.protobuf import timestamp_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from aeterna_security.keys import DEVELOPMENT_KEY
+from aeterna_shared.wire.canonical import session_checksum, sign_batch
 from central_svc.store.embedded_postgres import EmbeddedPostgres
 from edge_svc.backoff import backoff_delay
-from interceptors.canonical import session_checksum, sign_batch
-from interceptors.keys import DEVELOPMENT_KEY
 from tests.fault.support import central_document, free_port, report, trials
 from tests.support.services import ServiceFactory
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from grpc import aio
 
+from aeterna_server.server import mark_serving
 from aeterna_shared.config import AeternaConfig
 from central_svc.deps import build_deps
 from central_svc.server import SERVICE_NAMES
@@ -17,7 +18,6 @@ from central_svc.server import create_server as create_central
 from central_svc.store.database import Database
 from edge_svc.__main__ import open_edge
 from edge_svc.server import create_server as create_edge
-from interceptors.server import mark_serving
 from tests.fault.support import DIMENSION, SUMMARIES, free_port
 
 

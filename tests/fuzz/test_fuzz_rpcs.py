@@ -36,8 +36,8 @@ from grpc import aio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from interceptors.canonical import sign_batch
-from interceptors.keys import DEVELOPMENT_KEY
+from aeterna_security.keys import DEVELOPMENT_KEY
+from aeterna_shared.wire.canonical import sign_batch
 from tests.fault.support import report, soak
 from tests.fuzz.conftest import Target
 

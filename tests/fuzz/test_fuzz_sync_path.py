@@ -30,6 +30,7 @@ from grpc import aio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aeterna_server.server import mark_serving
 from aeterna_shared import limits
 from aeterna_shared.config import AeternaConfig
 from central_svc.deps import build_deps
@@ -39,7 +40,6 @@ from central_svc.store.database import Database
 from central_svc.store.urls import psycopg_conninfo
 from edge_svc.__main__ import open_edge
 from edge_svc.server import create_server as create_edge
-from interceptors.server import mark_serving
 from tests.fault.support import DIMENSION, report, soak, wait_until
 
 pytestmark = [pytest.mark.ci_slow, pytest.mark.timeout(900)]

@@ -32,15 +32,15 @@ from grpc import aio
 from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry
 
+from aeterna_security.identity import current_identity
+from aeterna_security.tls import server_credentials
+from aeterna_server.server import ServiceBinding, bind, build_server
 from aeterna_shared.config import AeternaConfig
 from aeterna_shared.errors import ERROR_DOMAIN
-from interceptors.canonical import sign_batch, verify_batch
+from aeterna_shared.wire.canonical import sign_batch, verify_batch
 from interceptors.chain import server_interceptors
-from interceptors.identity import current_identity
 from interceptors.ratelimit import Limiter
-from interceptors.server import ServiceBinding, bind, build_server
 from interceptors.telemetry import Telemetry
-from interceptors.tls import server_credentials
 from tests.support.tls import TlsMaterial
 
 SIGNING_KEY = b"test-signing-key-edge-a"

@@ -16,9 +16,9 @@ import pytest
 from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
 from grpc import aio
 
+from aeterna_client.channel import open_central_channel
+from aeterna_client.credentials import ApiKeyCredentials, NoCredentials
 from interceptors.authenticators import hash_api_key
-from interceptors.channel import open_central_channel
-from interceptors.credentials import ApiKeyCredentials, NoCredentials
 from tests.interceptors.conftest import (
     JwtIssuer,
     ServeFactory,

@@ -14,9 +14,9 @@ from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from aeterna_client.channel import open_central_channel
+from aeterna_client.credentials import ApiKeyCredentials, NoCredentials
 from interceptors.authenticators import hash_api_key
-from interceptors.channel import open_central_channel
-from interceptors.credentials import ApiKeyCredentials, NoCredentials
 from interceptors.ratelimit import RedisTokenBucketLimiter, TokenBucketLimiter, limiter_from_config
 from tests.interceptors.conftest import (
     SHAPES,

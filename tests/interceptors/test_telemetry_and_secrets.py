@@ -23,9 +23,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
+from aeterna_client.channel import open_central_channel
+from aeterna_client.credentials import ApiKeyCredentials, OAuth2ClientCredentials
 from aeterna_shared.errors import Unauthenticated
-from interceptors.channel import open_central_channel
-from interceptors.credentials import ApiKeyCredentials, OAuth2ClientCredentials
 from interceptors.telemetry import Telemetry, serve_metrics
 from tests.interceptors.conftest import JwtIssuer, ServeFactory, edge_config, server_config
 from tests.support.tls import TlsMaterial

@@ -11,10 +11,10 @@ import pytest
 from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
 from grpc import aio
 
+from aeterna_client.channel import PinVerifier, open_central_channel
+from aeterna_security.pins import PinMismatch
 from aeterna_shared.errors import Unavailable
 from interceptors.authenticators import hash_api_key
-from interceptors.channel import PinVerifier, open_central_channel
-from interceptors.pins import PinMismatch
 from tests.interceptors.conftest import SHAPES, ServeFactory, edge_config, error_reason, server_config
 from tests.support.tls import TlsMaterial
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from interceptors.certs import Issued, create_ca, create_client_cert, create_server_cert
+from aeterna_security.certs import Issued, create_ca, create_client_cert, create_server_cert
 
 
 @dataclass(frozen=True)

@@ -29,15 +29,15 @@ import grpc
 from cryptography import x509
 from grpc import aio
 
+from aeterna_client.credentials import CredentialSource, credential_source
+from aeterna_security.pins import fetch_peer_chain, require_pin
+from aeterna_security.tls import channel_credentials, minimum_tls_version
+from aeterna_server.server import compression_of
 from aeterna_shared.config import AeternaConfig
 from aeterna_shared.errors import AeternaError
 from interceptors.auth import AGENT_ID_HEADER, TENANT_ID_HEADER
-from interceptors.credentials import CredentialSource, credential_source
 from interceptors.errors import STATUS_DETAILS_KEY, code_for, to_status_proto
-from interceptors.pins import fetch_peer_chain, require_pin
-from interceptors.server import compression_of
 from interceptors.telemetry import Telemetry, tracing_client_interceptors
-from interceptors.tls import channel_credentials, minimum_tls_version
 
 _log = logging.getLogger(__name__)
 

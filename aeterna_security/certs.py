@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from interceptors.pins import spki_pin
+from aeterna_security.pins import spki_pin
 
 
 @dataclass(frozen=True)

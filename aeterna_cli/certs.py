@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from interceptors.certs import Issued, create_ca, create_client_cert, create_server_cert
-from interceptors.pins import pins_of_pem_chain
+from aeterna_security.certs import Issued, create_ca, create_client_cert, create_server_cert
+from aeterna_security.pins import pins_of_pem_chain
 
 CA_STEM = "ca"
 

@@ -21,10 +21,10 @@ from typing import Any
 import grpc
 from cryptography import x509
 
+from aeterna_security.identity import Identity
+from aeterna_security.pins import pin_of_pem
 from aeterna_shared.config import AeternaConfig
 from aeterna_shared.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from interceptors.identity import Identity
-from interceptors.pins import pin_of_pem
 
 # The key gRPC puts the peer's PEM certificate under in ``context.auth_context()``.
 PEER_CERT_KEY = "x509_pem_cert"
