@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from aeterna_cli import certs as certs_cli
+from aeterna_cli import operators as operators_cli
 from aeterna_cli import status as status_cli
 from central_svc import cli as central_cli
 from edge_svc import cli as edge_cli
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     central_cli.add_commands(subparsers)
+    operators_cli.add_commands(subparsers)
     edge_cli.add_commands(subparsers)
     status_cli.add_commands(subparsers)
     certs_cli.add_commands(subparsers)

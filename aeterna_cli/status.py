@@ -12,8 +12,34 @@ import json
 import sys
 from typing import Any
 
-from aeterna_cli.api.clients import StatusUnavailable, status_of
-from edge_svc.cli import render_status
+
+def render_status(status: dict[str, Any]) -> str:
+    """The status as a readable table; a degraded edge (online, but a channel makes no progress) says DEGRADED."""
+    link = status.get("linkState", "")
+    if status.get("degraded"):
+        link = f"DEGRADED ({link.lower() or 'online'}, but sync makes no progress; see below)"
+    lines = [
+        f"edge            {status.get('agentId', '')}  (region {status.get('region', '')})",
+        f"incarnation     {status.get('incarnationId') or '(none: the outbox predates incarnations)'}",
+        f"link            {link}  since {status.get('linkChangeTime', '-')}"
+        f"  (failed checks in a row: {status.get('consecutiveFailures', 0)})",
+        f"policy version  {status.get('policyVersion', '0')}",
+        f"local data      {status.get('localSessions', '0')} sessions, {status.get('localVectors', '0')} vectors",
+        "",
+        f"{'channel':<10} {'pending items':>13} {'batches':>8} {'dead letters':>12} {'acked seq':>9}  last sync",
+    ]
+    for queue in status.get("queues", []):
+        channel = queue.get("channel", "")
+        items, batches = queue.get("pendingItems", "0"), queue.get("pendingBatches", "0")
+        dead, acked = queue.get("deadLetters", "0"), queue.get("ackedSequence", "0")
+        last = queue.get("lastSyncTime") or "never"
+        flag = "  DEGRADED" if queue.get("degraded") else ""
+        lines.append(f"{channel:<10} {items:>13} {batches:>8} {dead:>12} {acked:>9}  {last}{flag}")
+    stuck = [queue for queue in status.get("queues", []) if queue.get("degraded")]
+    if stuck:
+        lines.append("")
+        lines += [f"DEGRADED {q.get('channel', '')}: {q.get('degradedReason', '')}" for q in stuck]
+    return "\n".join(lines)
 
 
 def render_central(status: dict[str, Any]) -> str:
@@ -37,6 +63,8 @@ def render_central(status: dict[str, Any]) -> str:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from aeterna_cli.api.clients import StatusUnavailable, status_of  # noqa: PLC0415 - keeps `aeterna --help` fast
+
     try:
         status = status_of(args.target, args.timeout)
     except StatusUnavailable as error:

@@ -1,15 +1,22 @@
-"""The edge's channel to central: compression, TLS and pinning, credentials, deadlines, tracing.
+"""The one client channel: TLS, SPKI pins, credentials, compression, deadlines and tracing.
 
-``open_central_channel(config)`` is the edge's only way to reach central. The
-channel's client interceptors (first is outermost):
+``open_channel(target, settings)`` is how every client reaches an Aeterna
+service: the edge (to central, with ``central_settings(config)``), the
+``aeterna`` CLI, the benchmarks and the tests. ``ClientSettings`` says how to
+connect; ``ClientSettings.from_config`` derives it from the sections of the
+config the edge uses for central. Plaintext with development headers happens
+only when the settings say so (``tls=False`` with auth method ``none``), as in
+local development.
+
+The channel's client interceptors (first is outermost):
 
 1. tracing: a CLIENT span per call, W3C ``traceparent`` injected (when
-   ``telemetry.tracingEnabled``);
-2. ``CentralCallInterceptor``: before a call that would make gRPC (re)connect,
-   checks central's certificate against ``sync.network.pinnedCertificates``;
-   adds the credential metadata; sets a default deadline when the caller set none
-   (``sync.centralServer.timeout`` for unary responses, ``streamTimeout`` for
-   streamed responses, so a policy watch is not cut every 30 seconds).
+   ``settings.tracing``);
+2. ``CallInterceptor``: before a call that would make gRPC (re)connect,
+   checks the server's certificate against the SPKI pins; adds the credential
+   metadata; sets a default deadline when the caller set none
+   (``unary_timeout`` for unary responses, ``stream_timeout`` for streamed
+   responses, so a policy watch is not cut every 30 seconds).
 
 Errors raised before the call is sent (pin mismatch, credentials unavailable)
 surface as ``grpc.aio.AioRpcError`` carrying the same ``google.rpc.Status``
@@ -21,9 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from cryptography import x509
@@ -34,12 +43,99 @@ from aeterna_security.pins import fetch_peer_chain, require_pin
 from aeterna_security.tls import channel_credentials, minimum_tls_version
 from aeterna_server.server import compression_of
 from aeterna_shared.config import AeternaConfig
+from aeterna_shared.config.model import AuthConfig, EdgeSection, SyncConfig, TelemetrySection, TlsSection
 from aeterna_shared.errors import AeternaError
 from interceptors.auth import AGENT_ID_HEADER, TENANT_ID_HEADER
 from interceptors.errors import STATUS_DETAILS_KEY, code_for, to_status_proto
 from interceptors.telemetry import Telemetry, tracing_client_interceptors
 
 _log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """How a client connects to an Aeterna service.
+
+    The defaults are a local development client: plaintext, development
+    identity headers, no compression, 30 s / 1 h default deadlines.
+    """
+
+    tls: bool = False
+    """Connect with TLS (an https:// or grpcs:// URL)."""
+    ca_file: str | None = None
+    """PEM roots that verify the server; None: the system roots."""
+    cert_file: str | None = None
+    """PEM client certificate chain (mTLS), with ``key_file``."""
+    key_file: str | None = None
+    """PEM private key of ``cert_file``."""
+    minimum_tls_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
+    """The oldest TLS version the pin probe accepts (gRPC itself negotiates 1.2 or 1.3)."""
+    server_name: str | None = None
+    """Name the server's certificate is checked against instead of the target's host."""
+    certificate_pinning: bool = False
+    """Check the server's certificate against ``pins`` before connecting (also on when pins are given)."""
+    pins: tuple[str, ...] = ()
+    """Accepted SPKI pins, ``sha256/<base64>``."""
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    """Which credential the client presents (method ``none``: development identity headers)."""
+    agent_id: str = "operator"
+    """Identity named in the development headers."""
+    tenant_id: str = "default"
+    """Tenant named in the development headers."""
+    compression: Literal["gzip", "none"] = "none"
+    """Compression of the calls."""
+    unary_timeout: float = 30.0
+    """Default deadline (seconds) of a call with a unary response."""
+    stream_timeout: float = 3600.0
+    """Default deadline (seconds) of a call with a streamed response."""
+    max_message_bytes: int | None = None
+    """Send and receive limit; None: gRPC's defaults."""
+    tracing: bool = False
+    """A CLIENT span per call, ``traceparent`` injected."""
+
+    @classmethod
+    def from_config(
+        cls, sync: SyncConfig, tls: TlsSection, edge: EdgeSection, telemetry: TelemetrySection
+    ) -> ClientSettings:
+        """The edge's settings for central, from ``sync`` (endpoint, auth, network, batch), ``tls``, ``edge``
+        (development identity) and ``telemetry`` (tracing)."""
+        endpoint = sync.central_server
+        network = sync.network
+        return cls(
+            tls=endpoint.uses_tls,
+            ca_file=tls.ca_file,
+            cert_file=tls.cert_file,
+            key_file=tls.key_file,
+            minimum_tls_version=minimum_tls_version(network.encryption),
+            certificate_pinning=network.certificate_pinning,
+            pins=tuple(network.pinned_certificates),
+            auth=sync.auth,
+            agent_id=edge.agent_id,
+            tenant_id=edge.tenant_id,
+            compression=network.compression,
+            unary_timeout=endpoint.timeout.total_seconds(),
+            stream_timeout=endpoint.stream_timeout.total_seconds(),
+            max_message_bytes=sync.batch.max_bytes,
+            tracing=telemetry.tracing_enabled,
+        )
+
+    @property
+    def pinned(self) -> bool:
+        """Whether calls are preceded by a pin check (TLS with pinning on or pins given)."""
+        return self.tls and (self.certificate_pinning or bool(self.pins))
+
+    def credential_source(self) -> CredentialSource:
+        """What ``auth.method`` makes this client present."""
+        return credential_source(self.auth, self.agent_id, self.tenant_id)
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """gRPC's TLS credentials: roots from ``ca_file``, the client certificate when configured."""
+        return channel_credentials(self.ca_file, self.cert_file, self.key_file)
+
+
+def central_settings(config: AeternaConfig) -> ClientSettings:
+    """The edge's settings for its channel to central."""
+    return ClientSettings.from_config(config.sync, config.tls, config.edge, config.telemetry)
 
 
 def central_metadata(config: AeternaConfig) -> tuple[tuple[str, str], ...]:
@@ -59,40 +155,39 @@ def rpc_error(error: AeternaError) -> aio.AioRpcError:
 
 
 class PinVerifier:
-    """Checks central's certificate against the configured SPKI pins before gRPC connects."""
+    """Checks the server's certificate against the configured SPKI pins before gRPC connects."""
 
-    def __init__(self, config: AeternaConfig, host: str, port: int) -> None:
-        network = config.sync.network
-        self._pins = tuple(network.pinned_certificates)
+    def __init__(self, settings: ClientSettings, host: str, port: int) -> None:
+        self._pins = settings.pins
         self._host = host
         self._port = port
-        self._ca_pem = Path(config.tls.ca_file).read_bytes() if config.tls.ca_file else None
+        self._server_name = settings.server_name
+        self._ca_pem = Path(settings.ca_file).read_bytes() if settings.ca_file else None
         self._ca_certs: Sequence[x509.Certificate] = (
             x509.load_pem_x509_certificates(self._ca_pem) if self._ca_pem else ()
         )
-        self._client_cert = config.tls.cert_file
-        self._client_key = config.tls.key_file
-        self._minimum = minimum_tls_version(config)
+        self._client_cert = settings.cert_file
+        self._client_key = settings.key_file
+        self._minimum = settings.minimum_tls_version
         self._lock = asyncio.Lock()
         self.checks = 0
         """How many probes ran (observability and tests)."""
 
     @classmethod
-    def from_config(cls, config: AeternaConfig) -> PinVerifier | None:
-        """A verifier when the URL uses TLS and pins are configured, else None."""
-        endpoint = config.sync.central_server
-        network = config.sync.network
-        if not endpoint.uses_tls or not (network.certificate_pinning or network.pinned_certificates):
+    def for_target(cls, target: str, settings: ClientSettings) -> PinVerifier | None:
+        """A verifier when the settings use TLS and pins are configured, else None."""
+        if not settings.pinned:
             return None
-        host, _, port = endpoint.target.rpartition(":")
-        return cls(config, host.strip("[]"), int(port))
+        host, _, port = target.rpartition(":")
+        return cls(settings, host.strip("[]"), int(port))
 
     def check_now(self) -> str:
-        """Probe central synchronously; return the matching pin or raise ``PinMismatch``/``Unavailable``."""
+        """Probe the server synchronously; return the matching pin or raise ``PinMismatch``/``Unavailable``."""
         chain = fetch_peer_chain(
             self._host,
             self._port,
             ca_pem=self._ca_pem,
+            server_name=self._server_name,
             client_cert_file=self._client_cert,
             client_key_file=self._client_key,
             minimum_version=self._minimum,
@@ -110,8 +205,8 @@ class PinVerifier:
             await asyncio.to_thread(self.check_now)
 
 
-class CentralCallInterceptor:
-    """Pins, credentials and default deadlines for every call to central.
+class CallInterceptor:
+    """Pins, credentials and default deadlines for every call on a channel.
 
     grpc.aio files each client interceptor under ONE shape (the first
     interface it implements), so ``for_channel`` returns one small adapter per
@@ -131,7 +226,7 @@ class CentralCallInterceptor:
         self._stream_timeout = stream_timeout
         self._pins = pins
         self.channel: aio.Channel | None = None
-        """Set by ``open_central_channel`` so the pin check can see the connection state."""
+        """Set by ``open_channel`` so the pin check can see the connection state."""
 
     async def prepare(self, details: aio.ClientCallDetails, *, streaming_response: bool) -> aio.ClientCallDetails:
         """The call details with credentials and a deadline, after the pin check."""
@@ -157,7 +252,7 @@ class CentralCallInterceptor:
 
 
 class _UnaryUnary(aio.UnaryUnaryClientInterceptor):
-    def __init__(self, core: CentralCallInterceptor) -> None:
+    def __init__(self, core: CallInterceptor) -> None:
         self._core = core
 
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
@@ -165,7 +260,7 @@ class _UnaryUnary(aio.UnaryUnaryClientInterceptor):
 
 
 class _UnaryStream(aio.UnaryStreamClientInterceptor):
-    def __init__(self, core: CentralCallInterceptor) -> None:
+    def __init__(self, core: CallInterceptor) -> None:
         self._core = core
 
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
@@ -173,7 +268,7 @@ class _UnaryStream(aio.UnaryStreamClientInterceptor):
 
 
 class _StreamUnary(aio.StreamUnaryClientInterceptor):
-    def __init__(self, core: CentralCallInterceptor) -> None:
+    def __init__(self, core: CallInterceptor) -> None:
         self._core = core
 
     async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
@@ -182,12 +277,73 @@ class _StreamUnary(aio.StreamUnaryClientInterceptor):
 
 
 class _StreamStream(aio.StreamStreamClientInterceptor):
-    def __init__(self, core: CentralCallInterceptor) -> None:
+    def __init__(self, core: CallInterceptor) -> None:
         self._core = core
 
     async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
         details = await self._core.prepare(client_call_details, streaming_response=True)
         return await continuation(details, request_iterator)
+
+
+def open_channel(
+    target: str,
+    settings: ClientSettings,
+    *,
+    telemetry: Telemetry | None = None,
+    credentials: CredentialSource | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> aio.Channel:
+    """A channel to ``target`` (host:port) as ``settings`` say: TLS (pinned when configured) or plaintext.
+
+    Nothing is sent before the first call; with pins, the first call (and any
+    call made while the channel is not connected) first checks them, so a server
+    whose certificate matches no pin never receives a request. ``credentials``
+    replaces the settings' credential source; ``options`` adds channel options.
+    """
+    channel_options: list[tuple[str, Any]] = []
+    if settings.max_message_bytes is not None:
+        channel_options += [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ]
+    channel_options += [
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.enable_retries", 1),
+        # Each channel owns its connections: a replaced channel (GrpcCentral after health checks
+        # time out) must not be handed the same stuck subchannel from gRPC's global pool.
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+    if settings.tls and settings.server_name:
+        channel_options.append(("grpc.ssl_target_name_override", settings.server_name))
+    channel_options += options
+    compression = compression_of(settings.compression)
+    telemetry = telemetry or Telemetry()
+    interceptor = CallInterceptor(
+        credentials if credentials is not None else settings.credential_source(),
+        unary_timeout=settings.unary_timeout,
+        stream_timeout=settings.stream_timeout,
+        pins=PinVerifier.for_target(target, settings),
+    )
+    interceptors: list[aio.ClientInterceptor] = []
+    if settings.tracing:
+        interceptors.extend(tracing_client_interceptors(telemetry.tracer_provider))
+    interceptors.extend(interceptor.for_channel())
+    if settings.tls:
+        channel = aio.secure_channel(
+            target,
+            settings.channel_credentials(),
+            options=channel_options,
+            compression=compression,
+            interceptors=interceptors,
+        )
+    else:
+        if settings.certificate_pinning:
+            _log.warning("certificate pinning is on but %s is plaintext: no pinning", target)
+        channel = aio.insecure_channel(
+            target, options=channel_options, compression=compression, interceptors=interceptors
+        )
+    interceptor.channel = channel
+    return channel
 
 
 def open_central_channel(
@@ -196,47 +352,7 @@ def open_central_channel(
     telemetry: Telemetry | None = None,
     credentials: CredentialSource | None = None,
 ) -> aio.Channel:
-    """A channel to ``sync.centralServer``; TLS (with pinning when configured) when the URL is https://.
-
-    Nothing is sent before the first call; the first call (and any call made
-    while the channel is not connected) first checks the pins, so a server whose
-    certificate matches no pin never receives a request.
-    """
-    endpoint = config.sync.central_server
-    options: list[tuple[str, Any]] = [
-        ("grpc.max_receive_message_length", config.sync.batch.max_bytes),
-        ("grpc.max_send_message_length", config.sync.batch.max_bytes),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.enable_retries", 1),
-        # Each channel owns its connections: a replaced channel (GrpcCentral after health checks
-        # time out) must not be handed the same stuck subchannel from gRPC's global pool.
-        ("grpc.use_local_subchannel_pool", 1),
-    ]
-    compression = compression_of(config.sync.network.compression)
-    telemetry = telemetry or Telemetry()
-    interceptor = CentralCallInterceptor(
-        credentials if credentials is not None else credential_source(config),
-        unary_timeout=endpoint.timeout.total_seconds(),
-        stream_timeout=endpoint.stream_timeout.total_seconds(),
-        pins=PinVerifier.from_config(config),
+    """The edge's channel to ``sync.centralServer``: ``open_channel`` with ``central_settings(config)``."""
+    return open_channel(
+        config.sync.central_server.target, central_settings(config), telemetry=telemetry, credentials=credentials
     )
-    interceptors: list[aio.ClientInterceptor] = []
-    if config.telemetry.tracing_enabled:
-        interceptors.extend(tracing_client_interceptors(telemetry.tracer_provider))
-    interceptors.extend(interceptor.for_channel())
-    if endpoint.uses_tls:
-        channel = aio.secure_channel(
-            endpoint.target,
-            channel_credentials(config),
-            options=options,
-            compression=compression,
-            interceptors=interceptors,
-        )
-    else:
-        if config.sync.network.certificate_pinning:
-            _log.warning("sync.network.certificatePinning is on but %s is not https://: no pinning", endpoint.url)
-        channel = aio.insecure_channel(
-            endpoint.target, options=options, compression=compression, interceptors=interceptors
-        )
-    interceptor.channel = channel
-    return channel

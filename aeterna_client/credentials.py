@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from aeterna_shared.config import AeternaConfig
+from aeterna_shared.config.model import AuthConfig
 from aeterna_shared.errors import InvalidArgument, Unauthenticated, Unavailable
 from interceptors.auth import AGENT_ID_HEADER, TENANT_ID_HEADER
 
@@ -205,25 +205,24 @@ class OAuth2ClientCredentials:
         return token, lifetime
 
 
-def _secret(config: AeternaConfig, name: str, direct: str | None) -> str | None:
+def _secret(auth: AuthConfig, name: str, direct: str | None) -> str | None:
     if direct:
         return direct
-    directory = config.sync.auth.secret_dir
+    directory = auth.secret_dir
     if directory and (Path(directory) / name).is_file():
         return (Path(directory) / name).read_text(encoding="utf-8").strip()
     return None
 
 
-def credential_source(config: AeternaConfig) -> CredentialSource:
-    """What ``sync.auth.method`` makes this process present to central."""
-    auth = config.sync.auth
+def credential_source(auth: AuthConfig, agent_id: str, tenant_id: str) -> CredentialSource:
+    """What ``auth.method`` (``sync.auth``) makes this process present; ``none`` names ``agent_id``/``tenant_id``."""
     if auth.method == "apiKey":
         key_file = Path(auth.secret_dir) / "apiKey" if auth.secret_dir and not auth.api_key else None
         return ApiKeyCredentials(auth.api_key, key_file=key_file)
     if auth.method == "oauth2":
-        url = _secret(config, "tokenUrl", auth.token_url)
-        client_id = _secret(config, "clientId", auth.client_id)
-        client_secret = _secret(config, "clientSecret", auth.client_secret)
+        url = _secret(auth, "tokenUrl", auth.token_url)
+        client_id = _secret(auth, "clientId", auth.client_id)
+        client_secret = _secret(auth, "clientSecret", auth.client_secret)
         if not (url and client_id and client_secret):
             raise InvalidArgument(
                 "auth method oauth2 needs tokenUrl, clientId and clientSecret (config or secretDir)",
@@ -234,4 +233,4 @@ def credential_source(config: AeternaConfig) -> CredentialSource:
         return ServiceAccountTokenCredentials(Path(auth.service_account.token_path))
     if auth.method == "mtls":
         return NoCredentials()
-    return DevelopmentCredentials(config.edge.agent_id, config.edge.tenant_id)
+    return DevelopmentCredentials(agent_id, tenant_id)

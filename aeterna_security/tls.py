@@ -54,22 +54,23 @@ def server_credentials(config: AeternaConfig) -> grpc.ServerCredentials | None:
     )
 
 
-def channel_credentials(config: AeternaConfig) -> grpc.ChannelCredentials:
-    """Credentials of the edge's channel to central: roots from ``tls.caFile``, client cert when configured."""
-    tls = config.tls
-    roots = _read(tls.ca_file, "tls.caFile") if tls.ca_file else None
-    if tls.cert_file and tls.key_file:
+def channel_credentials(
+    ca_file: str | None, cert_file: str | None = None, key_file: str | None = None
+) -> grpc.ChannelCredentials:
+    """Credentials of a client channel: roots from ``ca_file`` (``tls.caFile``), client cert when configured."""
+    roots = _read(ca_file, "tls.caFile") if ca_file else None
+    if cert_file and key_file:
         return grpc.ssl_channel_credentials(
             root_certificates=roots,
-            private_key=_read(tls.key_file, "tls.keyFile"),
-            certificate_chain=_read(tls.cert_file, "tls.certFile"),
+            private_key=_read(key_file, "tls.keyFile"),
+            certificate_chain=_read(cert_file, "tls.certFile"),
         )
     return grpc.ssl_channel_credentials(root_certificates=roots)
 
 
-def minimum_tls_version(config: AeternaConfig) -> ssl.TLSVersion:
-    """The minimum version the pin probe accepts (``sync.network.encryption``)."""
-    return ssl.TLSVersion.TLSv1_3 if config.sync.network.encryption == "tls13" else ssl.TLSVersion.TLSv1_2
+def minimum_tls_version(encryption: str) -> ssl.TLSVersion:
+    """The minimum version the pin probe accepts (``sync.network.encryption``: tls12 or tls13)."""
+    return ssl.TLSVersion.TLSv1_3 if encryption == "tls13" else ssl.TLSVersion.TLSv1_2
 
 
 def peer_certificate_pem(auth_context: dict[str, Any]) -> bytes | None:

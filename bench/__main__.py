@@ -1,7 +1,7 @@
-"""``python -m bench``: the whole benchmark suite (see bench/suite.py)."""
+"""``python -m bench``: the whole benchmark suite (parser in bench/cli.py, runner in bench/suite.py)."""
 
 import sys
 
-from bench.suite import main
+from bench.cli import main
 
 sys.exit(main())

@@ -28,8 +28,8 @@ from aeterna.memory.v1 import memory_pb2
 from aeterna.policy.v1 import decision_pb2
 from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
 from google.protobuf import timestamp_pb2
-from grpc import aio
 
+from aeterna_client.channel import ClientSettings, open_channel
 from aeterna_security.keys import DEVELOPMENT_KEY
 from aeterna_shared.config import AeternaConfig
 from aeterna_shared.wire.canonical import session_checksum, sign_batch
@@ -40,7 +40,7 @@ from central_svc.store.database import Database
 from central_svc.store.migrate import upgrade
 from central_svc.store.sessions import UPSERT
 from central_svc.store.urls import psycopg_conninfo
-from edge_svc.__main__ import open_edge
+from edge_svc.deps import open_edge
 from edge_svc.records import Message, SessionRecord
 
 AGENT = "bench-edge"
@@ -188,7 +188,7 @@ async def grpc_ingest(target: str, sessions: list[memory_pb2.Session], batch: in
         request = sync_pb2.SyncSessionsRequest(header=header(sequence), sessions=sessions[offset : offset + batch])
         sign_batch(request, DEVELOPMENT_KEY)
         requests.append(request)
-    async with aio.insecure_channel(target) as channel:
+    async with open_channel(target, ClientSettings()) as channel:
         stub = sync_pb2_grpc.SyncServiceStub(channel)
         started = time.perf_counter()
         acks = [r.ack async for r in stub.SyncSessions(iter(requests), metadata=METADATA)]
@@ -246,7 +246,7 @@ async def edge_flush(env: Env, url: str, target: str, count: int) -> float:
             await asyncio.sleep(0.01)
         elapsed = time.perf_counter() - started
         # The on-online resume task is not tracked by the node: let it finish before the stores close.
-        resumes = [t for t in asyncio.all_tasks() if "resume" in t.get_coro().__qualname__]  # type: ignore[union-attr]
+        resumes = [t for t in asyncio.all_tasks() if "resume" in getattr(t.get_coro(), "__qualname__", "")]
         await asyncio.gather(*resumes, return_exceptions=True)
         stored = await count_rows(url, config.edge.agent_id)
         if stored != count or result.items_pending:
@@ -292,7 +292,7 @@ async def replay(target: str, count: int, conflict_share: float, batch: int = 10
     run = uuid.uuid4().hex[:8]
     seeded = int(count * conflict_share)
     agent = f"{AGENT}-{run}"
-    async with aio.insecure_channel(target) as channel:
+    async with open_channel(target, ClientSettings()) as channel:
         stub = sync_pb2_grpc.SyncServiceStub(channel)
         sequences: dict[str, int] = {}
 

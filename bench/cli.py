@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench``."""
+    return run_args(build_parser().parse_args(argv))
+
+
 def run_args(args: argparse.Namespace) -> int:
     """Run the suite as the arguments say."""
     # Imported on use, so that `aeterna --help` does not load the whole suite.

@@ -32,11 +32,12 @@ import numpy as np
 from aeterna.edge.v1 import edge_pb2, edge_pb2_grpc
 from grpc import aio
 
+from aeterna_client.channel import ClientSettings, open_channel
 from aeterna_shared.config import AeternaConfig
 from bench.central_bench import central
 from bench.suite import Env, Figure, Sample, human
 from central_svc.vectors import VectorRecord as CentralVector
-from edge_svc.__main__ import Resources, open_edge
+from edge_svc.deps import EdgeDeps, open_edge
 from edge_svc.records import Channel, PolicyBundleRecord, VectorRecord
 from edge_svc.server import EdgeServer, create_server
 
@@ -113,10 +114,10 @@ def edge_config(env: Env, central_target: str | None = None) -> AeternaConfig:
 class EdgeUnderTest:
     """An in-process edge with the echo method on its server, and a client channel."""
 
-    def __init__(self, resources: Resources, server: EdgeServer, port: int) -> None:
+    def __init__(self, resources: EdgeDeps, server: EdgeServer, port: int) -> None:
         self.resources = resources
         self.server = server
-        self.channel = aio.insecure_channel(f"127.0.0.1:{port}")
+        self.channel = open_channel(f"127.0.0.1:{port}", ClientSettings())
         self.stub = edge_pb2_grpc.EdgeServiceStub(self.channel)
         self.echo: aio.UnaryUnaryMultiCallable[bytes, bytes] = self.channel.unary_unary(ECHO_METHOD)
 
@@ -134,7 +135,7 @@ class EdgeUnderTest:
         await self.channel.close()
         await self.server.stop(0)
         await self.resources.node.shutdown(0.1)
-        resumes = [t for t in asyncio.all_tasks() if "resume" in t.get_coro().__qualname__]  # type: ignore[union-attr]
+        resumes = [t for t in asyncio.all_tasks() if "resume" in getattr(t.get_coro(), "__qualname__", "")]
         await asyncio.gather(*resumes, return_exceptions=True)
         await self.resources.close()
 

@@ -31,6 +31,7 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aeterna_cli.processes import ServiceFactory, ServiceProcess
+from aeterna_client.channel import ClientSettings, open_channel
 from aeterna_security.keys import DEVELOPMENT_KEY
 from aeterna_shared.wire.canonical import session_checksum, sign_batch
 from bench.central_bench import DIMENSION, header, make_sessions, migrated
@@ -60,15 +61,12 @@ def start_central(env: Env, factory: ServiceFactory) -> ServiceProcess:
 def channels(target: str, clients: int) -> list[aio.Channel]:
     """Enough separate connections that no one carries more than PER_CONNECTION streams."""
     count = max(1, -(-clients // PER_CONNECTION))
-    return [
-        aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1), ("grpc.channel_id", n)])
-        for n in range(count)
-    ]
+    return [open_channel(target, ClientSettings(), options=[("grpc.channel_id", n)]) for n in range(count)]
 
 
 async def unary_p50(target: str, calls: int = 50) -> float:
     """Milliseconds of a bare unary round trip (health Check) to the same central."""
-    async with aio.insecure_channel(target) as channel:
+    async with open_channel(target, ClientSettings()) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         latencies = []
         for _ in range(calls):

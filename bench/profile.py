@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 from grpc import aio
 
+from aeterna_client.channel import ClientSettings, open_channel
 from bench.edge_bench import ECHO_METHOD, IN_FLIGHT, echo_handler, edge_config, run_concurrent
 from bench.figures import FIGURES
 from bench.suite import Env
@@ -36,7 +37,7 @@ async def chain_overhead(calls: int) -> None:
             server.add_generic_rpc_handlers((echo_handler(),))
             port = server.add_insecure_port("127.0.0.1:0")
             await server.start()
-            async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            async with open_channel(f"127.0.0.1:{port}", ClientSettings()) as channel:
                 echo: aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(ECHO_METHOD)
                 for _ in range(200):
                     await echo(b"x" * 64)

@@ -20,7 +20,6 @@ import logging
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -28,7 +27,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.cli import build_parser, run_args
 from central_svc.store.embedded_postgres import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -270,15 +268,6 @@ def write_outputs(rows: list[Row], figures: list[Figure], mode: str, runs: int) 
     print(f"wrote {README.relative_to(ROOT)} (bench block) and {RESULTS.relative_to(ROOT)}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m bench``."""
-    return run_args(build_parser().parse_args(argv))
-
-
 def run_blocking(figures: list[Figure], mode: str, runs: int) -> tuple[list[Row], list[str]]:
     """Run the suite in a fresh event loop."""
     return asyncio.run(run_suite(figures, mode, runs))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

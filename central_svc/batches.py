@@ -1,4 +1,6 @@
-"""What every signed batch goes through, whatever its channel: checks, the ledger entry, the ack.
+"""What every signed batch goes through, whatever its channel: the ledger entry and the ack.
+
+(The checks before it are ``central_svc.admission``.)
 
 A batch is applied at most once. Its ``batch_id`` and a digest of its content
 (everything except the signature and ``sent_time``, so a re-signed resend of
@@ -11,13 +13,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timedelta
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from enum import IntEnum
+from typing import Any
 
-from aeterna_security.identity import Identity
-from aeterna_shared import limits
-from aeterna_shared.errors import AlreadyExists, InvalidArgument, Unauthenticated
+from aeterna_shared.errors import AlreadyExists, InvalidArgument
 
 MAX_INCARNATION_ID = 64
 """Longest ``incarnation_id`` accepted (the edge sends a 36-character UUID)."""
@@ -68,6 +69,26 @@ class ItemFailure:
 
 
 @dataclass(frozen=True)
+class DecisionResult:
+    """The verdict on one decision of a replayed batch (``aeterna.sync.v1.DecisionResult``)."""
+
+    decision_id: str
+    outcome: int
+    """A value of ``aeterna.sync.v1.ReplayOutcome`` (``central_svc.replay.Outcome``)."""
+    conflicting_decision_id: str = ""
+    conflict_id: str = ""
+
+    def to_json(self) -> list[object]:
+        """The ledger's form: ``[decision_id, outcome, conflicting_decision_id, conflict_id]``."""
+        return [self.decision_id, self.outcome, self.conflicting_decision_id, self.conflict_id]
+
+    @classmethod
+    def from_json(cls, item: list[Any]) -> DecisionResult:
+        """Inverse of ``to_json``."""
+        return cls(str(item[0]), int(item[1]), str(item[2]), str(item[3]))
+
+
+@dataclass(frozen=True)
 class Ack:
     """Central's answer to a batch (translated to ``BatchAck`` by the API layer)."""
 
@@ -78,19 +99,32 @@ class Ack:
     failed: int
     failures: tuple[ItemFailure, ...] = ()
     checkpoint: int = 0
-    extra: dict[str, object] = field(default_factory=dict)
-    """Channel-specific results that a duplicate must repeat too (decision outcomes)."""
+    results: tuple[DecisionResult, ...] = ()
+    """One verdict per decision of a replayed batch, in order (a duplicate repeats them too); () elsewhere."""
 
     def to_bytes(self) -> bytes:
-        """Stable JSON encoding for the ledger."""
-        document = asdict(self)
-        document["status"] = int(self.status)
+        """Stable JSON encoding for the ledger.
+
+        The verdicts go under ``extra.results`` as lists, where the ledger has
+        always kept them, so that acks stored before and after read alike.
+        """
+        document = {
+            "batch_id": self.batch_id,
+            "sequence": self.sequence,
+            "status": int(self.status),
+            "processed": self.processed,
+            "failed": self.failed,
+            "failures": [asdict(failure) for failure in self.failures],
+            "checkpoint": self.checkpoint,
+            "extra": {"results": [result.to_json() for result in self.results]} if self.results else {},
+        }
         return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Ack:
         """Inverse of ``to_bytes``."""
         document = json.loads(raw)
+        extra = document.get("extra") or {}
         return cls(
             batch_id=document["batch_id"],
             sequence=int(document["sequence"]),
@@ -99,7 +133,7 @@ class Ack:
             failed=int(document["failed"]),
             failures=tuple(ItemFailure(**failure) for failure in document["failures"]),
             checkpoint=int(document["checkpoint"]),
-            extra=dict(document.get("extra") or {}),
+            results=tuple(DecisionResult.from_json(item) for item in extra.get("results") or ()),
         )
 
     def as_duplicate(self, checkpoint: int) -> Ack:
@@ -107,7 +141,13 @@ class Ack:
         return replace(self, status=AckStatus.DUPLICATE, checkpoint=max(checkpoint, self.checkpoint))
 
 
-def make_ack(meta: BatchMeta, applied: int, failures: Iterable[ItemFailure], checkpoint: int = 0) -> Ack:
+def make_ack(
+    meta: BatchMeta,
+    applied: int,
+    failures: Iterable[ItemFailure],
+    checkpoint: int = 0,
+    results: Iterable[DecisionResult] = (),
+) -> Ack:
     """An ack for a freshly applied batch."""
     failed = tuple(failures)
     return Ack(
@@ -118,31 +158,8 @@ def make_ack(meta: BatchMeta, applied: int, failures: Iterable[ItemFailure], che
         failed=len(failed),
         failures=failed,
         checkpoint=checkpoint,
+        results=tuple(results),
     )
-
-
-def check_header(meta: BatchMeta, identity: Identity, *, now: datetime, freshness: timedelta) -> None:
-    """Identity, shape and freshness of a batch header; raises the domain error that ends the stream."""
-    identity.require_agent(meta.agent_id)
-    if not meta.batch_id:
-        raise InvalidArgument.for_field("header.batch_id", "a batch needs an id (UUID)", reason="MISSING_BATCH_ID")
-    if meta.sequence < 1:
-        raise InvalidArgument.for_field("header.sequence", "sequences start at 1", reason="BAD_SEQUENCE")
-    # What goes into the ledger's indexed columns obeys the same limits as the items.
-    limits.check_id(meta.batch_id, "header.batch_id")
-    limits.check_id(meta.agent_id, "header.agent_id")
-    limits.check_text(meta.region, "header.region", max_bytes=limits.MAX_NAME_BYTES)
-    check_incarnation_id(meta.incarnation_id, "header.incarnation_id")
-    if meta.sent_time is None:
-        raise Unauthenticated("batch has no sent_time", reason="STALE_BATCH", metadata={"batch_id": meta.batch_id})
-    skew = abs(now - meta.sent_time)
-    if skew > freshness:
-        raise Unauthenticated(
-            f"batch {meta.batch_id} was sent at {meta.sent_time.isoformat()}, outside the freshness window "
-            f"of {int(freshness.total_seconds())} s; re-sign it with the current time",
-            reason="STALE_BATCH",
-            metadata={"batch_id": meta.batch_id},
-        )
 
 
 def check_incarnation_id(incarnation_id: str, field: str) -> None:

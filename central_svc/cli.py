@@ -1,4 +1,4 @@
-"""Central's commands: ``central``, ``policy publish``, ``conflicts``, ``snapshot``, ``edges``."""
+"""Central's commands: ``central`` and ``snapshot`` (the operator commands calling central are in ``aeterna_cli``)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ from aeterna_shared.errors import AeternaError
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
-
-DEFAULT_TARGET = "127.0.0.1:8081"
 
 
 def add_commands(subparsers: Subparsers) -> None:
@@ -40,32 +38,6 @@ def add_commands(subparsers: Subparsers) -> None:
     central.add_argument("--ready-file", help="write JSON {pid, port, metrics_port} here once serving")
     central.set_defaults(handler=_run_central)
 
-    policy = subparsers.add_parser("policy", help="manage Cedar policies at central", description="Cedar policies.")
-    policy_commands = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
-    publish = policy_commands.add_parser(
-        "publish",
-        help="publish every *.cedar file of a folder as the next policy version",
-        description="Publish all *.cedar files of DIR (policy id = file name without .cedar) as one bundle. "
-        "schema.json and entities.json in DIR are sent along when present.",
-    )
-    publish.add_argument("directory", metavar="DIR", help="folder holding *.cedar files")
-    _add_target(publish)
-    publish.add_argument("--expected-version", type=int, default=0, help="refuse unless this is the current version")
-    publish.set_defaults(handler=_publish)
-
-    conflicts = subparsers.add_parser("conflicts", help="review decision conflicts", description="Manual review.")
-    conflict_commands = conflicts.add_subparsers(dest="conflicts_command", metavar="ACTION", required=True)
-    listing = conflict_commands.add_parser("list", help="list conflicts", description="List decision conflicts.")
-    listing.add_argument("--state", choices=["pending", "resolved", "all"], default="pending", help="which ones")
-    _add_target(listing)
-    listing.set_defaults(handler=_list_conflicts)
-    resolve = conflict_commands.add_parser("resolve", help="resolve one conflict", description="Settle a conflict.")
-    resolve.add_argument("conflict_id", metavar="ID", help="conflict id from 'aeterna conflicts list'")
-    resolve.add_argument("--keep", choices=["edge", "central"], required=True, help="which decision stays effective")
-    resolve.add_argument("--note", default="", help="free-text note kept with the resolution")
-    _add_target(resolve)
-    resolve.set_defaults(handler=_resolve_conflict)
-
     snapshot = subparsers.add_parser(
         "snapshot",
         help="create or restore episodic-memory snapshots",
@@ -82,18 +54,6 @@ def add_commands(subparsers: Subparsers) -> None:
     restore.add_argument("--config", help="central's config file (database)")
     restore.set_defaults(handler=_snapshot_restore)
 
-    edges = subparsers.add_parser("edges", help="the edge registry", description="Edges known to central.")
-    edge_commands = edges.add_subparsers(dest="edges_command", metavar="ACTION", required=True)
-    edge_list = edge_commands.add_parser("list", help="list edges and their state", description="List edges.")
-    _add_target(edge_list)
-    edge_list.set_defaults(handler=_list_edges)
-
-
-def _add_target(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default=DEFAULT_TARGET, help=f"central's host:port (default {DEFAULT_TARGET})")
-    parser.add_argument("--agent-id", default="operator", help="identity to call as (development auth)")
-    parser.add_argument("--tenant-id", default="default", help="tenant to act in (development auth)")
-
 
 def _run_central(args: argparse.Namespace) -> int:
     from central_svc.__main__ import migrate, run  # noqa: PLC0415 - keeps `aeterna --help` fast
@@ -107,39 +67,11 @@ def _report(error: Exception) -> int:
 
 
 def _run(coroutine: Any) -> int:
-    from central_svc.api import operator  # noqa: PLC0415
-
     try:
         result: int = asyncio.run(coroutine)
     except (AeternaError, OSError, ValueError) as error:
         return _report(error)
-    except operator.RpcFailure as error:
-        return _report(error)
     return result
-
-
-def _publish(args: argparse.Namespace) -> int:
-    from central_svc.api import operator  # noqa: PLC0415
-
-    return _run(operator.publish(args))
-
-
-def _list_conflicts(args: argparse.Namespace) -> int:
-    from central_svc.api import operator  # noqa: PLC0415
-
-    return _run(operator.list_conflicts(args))
-
-
-def _resolve_conflict(args: argparse.Namespace) -> int:
-    from central_svc.api import operator  # noqa: PLC0415
-
-    return _run(operator.resolve_conflict(args))
-
-
-def _list_edges(args: argparse.Namespace) -> int:
-    from central_svc.api import operator  # noqa: PLC0415
-
-    return _run(operator.list_edges(args))
 
 
 @contextlib.asynccontextmanager

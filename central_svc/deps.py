@@ -1,4 +1,9 @@
-"""Central's dependencies, built once by the wiring point (``__main__`` or a test) and passed in."""
+"""Central's dependencies, built once by the wiring point (``__main__`` or a test) and passed in.
+
+This is where the adapters of ``central_svc.store`` (PostgreSQL, pgvector,
+Qdrant) are plugged into the ports (``central_svc.ports``) that the domain
+modules depend on; nothing else in central's domain names a concrete store.
+"""
 
 from __future__ import annotations
 
@@ -12,19 +17,20 @@ from central_svc.api.session_merge import ProtobufSessionMerger
 from central_svc.edges import EdgeRegistry
 from central_svc.episodes import EpisodicMemory
 from central_svc.policies import PolicyAuthority, PolicyHub
+from central_svc.ports import BatchLedger, SnapshotSource, VectorIndex
 from central_svc.replay import DecisionReplay
 from central_svc.sessions import SessionSync
 from central_svc.store.database import Database
 from central_svc.store.decisions import PostgresDecisionStore
 from central_svc.store.edges import PostgresEdgeStore
 from central_svc.store.episodes import PostgresEpisodeStore
-from central_svc.store.ledger import BatchLedger
+from central_svc.store.ledger import PostgresBatchLedger
 from central_svc.store.policies import PostgresPolicyStore
 from central_svc.store.policy_listener import PolicyListener
 from central_svc.store.sessions import PostgresSessionStore
 from central_svc.store.settings import page_token_key
 from central_svc.store.vectors_pgvector import PgVectorIndex
-from central_svc.vectors import VectorIndex, VectorSync
+from central_svc.vectors import VectorSync
 
 
 def utc_now() -> datetime:
@@ -41,7 +47,8 @@ class CentralDeps:
     sessions: SessionSync
     vectors: VectorSync
     episodes: EpisodicMemory
-    episode_store: PostgresEpisodeStore
+    episode_store: SnapshotSource
+    """Bulk access to episodes, for snapshots."""
     decisions: DecisionReplay
     edges: EdgeRegistry
     policies: PolicyAuthority
@@ -67,7 +74,7 @@ def vector_index(config: AeternaConfig, database: Database) -> VectorIndex:
 
 async def build_deps(config: AeternaConfig, database: Database) -> CentralDeps:
     """Wire the domain objects on an opened ``database`` (the listener is created, not started)."""
-    ledger = BatchLedger(database)
+    ledger = PostgresBatchLedger(database)
     policy_store = PostgresPolicyStore(database)
     hub = PolicyHub(policy_store)
     episode_store = PostgresEpisodeStore(database)

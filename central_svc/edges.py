@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import IntEnum
-from typing import Protocol
+
+from central_svc.ports import EdgeStore
 
 
 class EdgeState(IntEnum):
@@ -49,18 +50,6 @@ def state_of(row: EdgeRow, now: datetime, offline_after: timedelta) -> EdgeState
     if row.last_sync_at is None or now - row.last_sync_at > offline_after:
         return EdgeState.OFFLINE
     return EdgeState.ONLINE
-
-
-class EdgeStore(Protocol):
-    """The registry table."""
-
-    async def depart(self, agent_id: str, tenant_id: str, reason: str) -> None:
-        """Mark the edge as gone on purpose."""
-        ...
-
-    async def page(self, tenant_id: str | None, after: str, limit: int) -> list[EdgeRow]:
-        """Rows ordered by agent id after ``after``; all tenants when ``tenant_id`` is None."""
-        ...
 
 
 class EdgeRegistry:

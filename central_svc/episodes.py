@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from aeterna_shared import limits
 from central_svc.batches import Ack, BatchMeta, ItemFailure
-from central_svc.store.ledger import ApplyResult, BatchLedger, Connection
+from central_svc.ports import Applied, BatchLedger, EpisodeStore, Transaction
 from central_svc.vectors import embedding_problem
 
 
@@ -41,18 +41,14 @@ class EpisodeFilter:
     end: datetime | None = None
 
 
-class EpisodeStore(Protocol):
-    """Where episodes live."""
+@dataclass(frozen=True, slots=True)
+class EpisodeRow:
+    """One listed episode: its position in the listing and its encoding."""
 
-    async def insert(self, connection: Connection, tenant_id: str, rows: list[EpisodeRecord]) -> None:
-        """Insert rows; existing episode ids are left alone."""
-        ...
-
-    async def page(
-        self, query: EpisodeFilter, after: tuple[datetime, str] | None, limit: int
-    ) -> list[tuple[datetime, str, bytes]]:
-        """(occur_time, episode_id, data), oldest first, after the given position."""
-        ...
+    occur_time: datetime
+    episode_id: str
+    data: bytes
+    """The episode's deterministic protobuf encoding, as stored."""
 
 
 class EpisodicMemory:
@@ -98,15 +94,13 @@ class EpisodicMemory:
             else:
                 good.setdefault(record.episode_id, record)
 
-        async def apply(connection: Connection) -> ApplyResult:
+        async def apply(transaction: Transaction) -> Applied:
             if good:
-                await self._store.insert(connection, tenant_id, list(good.values()))
-            return len(records) - len(failures), failures, {}
+                await self._store.insert(transaction, tenant_id, list(good.values()))
+            return Applied(len(records) - len(failures), tuple(failures))
 
         return await self._ledger.run(meta, tenant_id, apply)
 
-    async def page(
-        self, query: EpisodeFilter, after: tuple[datetime, str] | None, limit: int
-    ) -> list[tuple[datetime, str, bytes]]:
+    async def page(self, query: EpisodeFilter, after: tuple[datetime, str] | None, limit: int) -> list[EpisodeRow]:
         """One page, oldest first."""
         return await self._store.page(query, after, limit)

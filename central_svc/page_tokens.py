@@ -13,11 +13,18 @@ import binascii
 import hashlib
 import hmac
 import json
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
 
 from aeterna_shared.errors import InvalidArgument
 
 _MAC_BYTES = 16
+
+_T = TypeVar("_T")
+
+Position = list[Any]
+"""Where a page ends: the sort key of its last row, as JSON values."""
 
 
 def fingerprint(*parts: object) -> str:
@@ -55,3 +62,36 @@ def page_size(requested: int, default: int = 100, maximum: int = 1000) -> int:
     if requested < 0:
         raise InvalidArgument.for_field("page_size", "must not be negative", reason="BAD_PAGE_SIZE")
     return default if requested == 0 else min(requested, maximum)
+
+
+async def paginate(
+    key: bytes,
+    *,
+    page_size_requested: int,
+    page_token: str,
+    query: Sequence[object],
+    fetch: Callable[[Position | None, int], Awaitable[Sequence[_T]]],
+    position_of: Callable[[_T], Position],
+) -> tuple[list[_T], str]:
+    """One AIP-158 page of a listing and the token for the next ('' on the last page).
+
+    ``query`` names the listing and its filter (the token is bound to it);
+    ``fetch(after, limit)`` returns up to ``limit`` rows after the decoded
+    position (None: from the start); ``position_of`` is the sort key of a row.
+    One row more than the page is fetched to know whether another page follows.
+    """
+    size = page_size(page_size_requested)
+    filter_fingerprint = fingerprint(*query)
+    after = decode(key, filter_fingerprint, page_token) if page_token else None
+    rows = list(await fetch(after, size + 1))
+    if len(rows) <= size:
+        return rows, ""
+    rows = rows[:size]
+    return rows, encode(key, filter_fingerprint, position_of(rows[-1]))
+
+
+def time_position(position: Position | None) -> tuple[datetime, str] | None:
+    """A ``[iso time, id]`` position (listings ordered by a time, then an id) as a typed key."""
+    if position is None:
+        return None
+    return datetime.fromisoformat(position[0]), str(position[1])

@@ -17,11 +17,12 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import cedarpy
 
 from aeterna_shared.errors import Aborted, InvalidArgument
+from central_svc.ports import PolicyStore
 
 _log = logging.getLogger(__name__)
 
@@ -70,26 +71,6 @@ class Bundle:
     checksum: str
     publisher: str
     published_at: datetime
-
-
-class PolicyStore(Protocol):
-    """Versioned bundles."""
-
-    async def publish(self, content: PolicyContent, checksum: str, publisher: str, expected_version: int) -> Bundle:
-        """Store the next version (ABORTED when ``expected_version`` is set and not current) and notify replicas."""
-        ...
-
-    async def latest(self) -> Bundle | None:
-        """The newest bundle."""
-        ...
-
-    async def get(self, version: int) -> Bundle | None:
-        """One version."""
-        ...
-
-    async def newer_than(self, version: int) -> list[Bundle]:
-        """Every bundle with a higher version, oldest first."""
-        ...
 
 
 def validate(content: PolicyContent) -> None:

@@ -23,12 +23,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from aeterna_shared import limits
 from aeterna_shared.errors import FailedPrecondition, InvalidArgument, NotFound
-from central_svc.batches import Ack, BatchMeta, ItemFailure
-from central_svc.store.ledger import ApplyResult, BatchLedger, Connection
+from central_svc.batches import Ack, BatchMeta, DecisionResult, ItemFailure
+from central_svc.ports import Applied, BatchLedger, DecisionStore, Transaction
 
 ConflictPolicy = Literal["timestamp", "central", "manual"]
 
@@ -126,52 +126,45 @@ class NewDecision:
     status: str
 
 
-class DecisionStore(Protocol):
-    """The decision log and the review queue."""
+@dataclass(frozen=True, slots=True)
+class NewConflict:
+    """A review item to open: a replayed decision held against the effective one it conflicts with."""
 
-    async def existing(self, connection: Connection, ids: list[str]) -> set[str]:
-        """Decision ids already in the log."""
-        ...
-
-    async def effective(self, connection: Connection, tenant_id: str, resources: list[str]) -> dict[str, Effective]:
-        """The effective decision per resource (locked for this transaction)."""
-        ...
-
-    async def write(
-        self,
-        connection: Connection,
-        *,
-        tenant_id: str,
-        agent_id: str,
-        rows: list[NewDecision],
-        superseded: list[str],
-        conflicts: list[tuple[str, str, str]],
-    ) -> None:
-        """Insert ``rows``, mark ``superseded`` ids, open ``conflicts`` (id, edge decision, central decision)."""
-        ...
-
-    async def list_conflicts(
-        self, tenant_id: str, state: ConflictState | None, after: tuple[datetime, str] | None, limit: int
-    ) -> list[ConflictRecord]:
-        """Review items oldest first, after the given (created_at, id) position."""
-        ...
-
-    async def resolve(
-        self, tenant_id: str, conflict_id: str, resolution: Resolution, resolver: str, note: str
-    ) -> ConflictRecord | None:
-        """Settle a pending item; return it (also when it was already settled) or None when unknown."""
-        ...
+    conflict_id: str
+    edge_decision_id: str
+    central_decision_id: str
 
 
-def judge(policy: ConflictPolicy, decide_time: datetime, current: Effective | None) -> tuple[Outcome, str]:
+@dataclass(frozen=True, slots=True)
+class DecisionWrites:
+    """What one replayed batch writes to the decision log and the review queue."""
+
+    rows: list[NewDecision]
+    """Decisions to insert."""
+    superseded: list[str]
+    """Ids of decisions already in the log that are no longer effective."""
+    conflicts: list[NewConflict]
+    """Review items to open."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ruling:
+    """What ``judge`` decided for one replayed decision."""
+
+    outcome: Outcome
+    conflicting_decision_id: str = ""
+    """The effective decision it lost to or is held against ('' when it was applied)."""
+
+
+def judge(policy: ConflictPolicy, decide_time: datetime, current: Effective | None) -> Ruling:
     """The outcome of a decision made at ``decide_time`` given the resource's effective decision."""
     if current is None or current.decide_time <= decide_time:
-        return Outcome.APPLIED, ""
+        return Ruling(Outcome.APPLIED)
     if policy == "timestamp":
-        return Outcome.SUPERSEDED, current.decision_id
+        return Ruling(Outcome.SUPERSEDED, current.decision_id)
     if policy == "central":
-        return Outcome.REJECTED, current.decision_id
-    return Outcome.NEEDS_REVIEW, current.decision_id
+        return Ruling(Outcome.REJECTED, current.decision_id)
+    return Ruling(Outcome.NEEDS_REVIEW, current.decision_id)
 
 
 _STATUS_OF = {
@@ -202,7 +195,7 @@ class DecisionReplay:
         return self._by_action.get(action, self.policy)
 
     async def replay(self, meta: BatchMeta, tenant_id: str, records: list[DecisionRecord]) -> Ack:
-        """Apply a batch; the ack's ``extra["results"]`` lists one verdict per decision, in order.
+        """Apply a batch; the ack's ``results`` hold one verdict per decision, in order.
 
         A decision that breaks ``aeterna_shared.limits`` (or is incomplete) fails
         alone as an ``ItemFailure``; the rest of the batch is applied.
@@ -236,19 +229,20 @@ class DecisionReplay:
                 seen.add(record.decision_id)
                 valid.append(record)
 
-        async def apply(connection: Connection) -> ApplyResult:
-            known = await self._store.existing(connection, [r.decision_id for r in valid])
+        async def apply(transaction: Transaction) -> Applied:
+            known = await self._store.existing(transaction, [r.decision_id for r in valid])
             fresh = [r for r in valid if r.decision_id not in known]
-            current = await self._store.effective(connection, tenant_id, sorted({r.resource for r in fresh}))
+            current = await self._store.effective(transaction, tenant_id, sorted({r.resource for r in fresh}))
             verdicts: dict[str, Verdict] = {d: Verdict(d, Outcome.DUPLICATE) for d in known}
             rows: list[NewDecision] = []
             superseded: list[str] = []
-            conflicts: list[tuple[str, str, str]] = []
+            conflicts: list[NewConflict] = []
             # In decision order, so that a batch that holds several decisions on one resource settles them in turn.
             for record in sorted(fresh, key=lambda r: (r.decide_time, r.decision_id)):
                 assert record.decide_time is not None
                 effective = current.get(record.resource)
-                outcome, conflicting = judge(self.policy_for(record.action), record.decide_time, effective)
+                ruling = judge(self.policy_for(record.action), record.decide_time, effective)
+                outcome, conflicting = ruling.outcome, ruling.conflicting_decision_id
                 conflict_id = ""
                 if outcome is Outcome.APPLIED:
                     if effective is not None:
@@ -256,7 +250,7 @@ class DecisionReplay:
                     current[record.resource] = Effective(record.decision_id, record.decide_time)
                 elif outcome is Outcome.NEEDS_REVIEW:
                     conflict_id = str(uuid.uuid4())
-                    conflicts.append((conflict_id, record.decision_id, conflicting))
+                    conflicts.append(NewConflict(conflict_id, record.decision_id, conflicting))
                 rows.append(NewDecision(record, _STATUS_OF[outcome]))
                 verdicts[record.decision_id] = Verdict(record.decision_id, outcome, conflicting, conflict_id)
             # A decision applied and then superseded within this batch is inserted as superseded directly.
@@ -266,20 +260,14 @@ class DecisionReplay:
                 NewDecision(row.record, Status.SUPERSEDED) if row.record.decision_id in final_superseded else row
                 for row in rows
             ]
-            await self._store.write(
-                connection,
-                tenant_id=tenant_id,
-                agent_id=meta.agent_id,
-                rows=rows,
-                superseded=[d for d in superseded if d not in fresh_ids],
-                conflicts=conflicts,
-            )
-            results = [
-                [v.decision_id, int(v.outcome), v.conflicting_decision_id, v.conflict_id]
+            writes = DecisionWrites(rows, [d for d in superseded if d not in fresh_ids], conflicts)
+            await self._store.write(transaction, tenant_id, meta.agent_id, writes)
+            results = tuple(
+                DecisionResult(v.decision_id, int(v.outcome), v.conflicting_decision_id, v.conflict_id)
                 for r in records
                 if (v := verdicts.get(r.decision_id)) is not None
-            ]
-            return len(records) - len(failures), failures, {"results": results}
+            )
+            return Applied(len(records) - len(failures), tuple(failures), results)
 
         return await self._ledger.run(meta, tenant_id, apply)
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
 
 from aeterna_shared.errors import NotFound
 from central_svc.batches import Ack, BatchMeta, ItemFailure
-from central_svc.store.ledger import ApplyResult, BatchLedger, Connection
+from central_svc.ports import Applied, BatchLedger, SessionMerger, SessionStore, Transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +66,6 @@ class MergedSession:
     checksum: str
 
 
-class SessionMerger(Protocol):
-    """Merges an append into a stored session (the wire encoding's business, so the API layer supplies it)."""
-
-    def merge(self, stored: bytes | None, append: bytes, tenant_id: str) -> MergedSession:
-        """``stored`` (None: no session yet) with ``append``'s new turns and state keys."""
-        ...
-
-
 @dataclass(frozen=True)
 class HeldSession:
     """A session row locked for a merge."""
@@ -91,34 +82,6 @@ class StoredSession:
     data: bytes
     agent_id: str
     synced_at: datetime
-
-
-class SessionStore(Protocol):
-    """Where sessions live (PostgreSQL in production and tests)."""
-
-    async def upsert(
-        self, connection: Connection, tenant_id: str, agent_id: str, rows: list[SessionRecord]
-    ) -> set[str]:
-        """Upsert rows (newer last_activity wins, own tenant only); return the ids that were written."""
-        ...
-
-    async def foreign(self, connection: Connection, tenant_id: str, session_ids: list[str]) -> set[str]:
-        """The ids among ``session_ids`` that belong to another tenant."""
-        ...
-
-    async def lock_for_merge(
-        self, connection: Connection, tenant_id: str, agent_id: str, session_ids: list[str]
-    ) -> dict[str, HeldSession]:
-        """Lock the rows of ``session_ids`` (creating empty ones for the caller's tenant where none exist)."""
-        ...
-
-    async def write_merged(self, connection: Connection, agent_id: str, merged: dict[str, MergedSession]) -> None:
-        """Store merged sessions into the rows ``lock_for_merge`` locked."""
-        ...
-
-    async def get(self, tenant_id: str, session_id: str) -> StoredSession | None:
-        """One session of the tenant, or None."""
-        ...
 
 
 def validate(record: SessionRecord | SessionAppendRecord, tenant_id: str) -> ItemFailure | None:
@@ -169,7 +132,8 @@ class SessionSync:
                 continue
             # One statement cannot touch a row twice: within a batch, the newest version of a session wins.
             previous = latest.get(record.session_id)
-            if previous is None or (previous.last_activity or record.last_activity) <= record.last_activity:  # type: ignore[operator]
+            assert record.last_activity is not None  # validate() refuses a session without one
+            if previous is None or (previous.last_activity or record.last_activity) <= record.last_activity:
                 latest[record.session_id] = record
         merges: dict[str, list[SessionAppendRecord]] = {}
         for append in appends or []:
@@ -180,26 +144,25 @@ class SessionSync:
             merges.setdefault(append.session_id, []).append(append)
         total = len(records) + len(appends or [])
 
-        async def apply(connection: Connection) -> ApplyResult:
+        async def apply(transaction: Transaction) -> Applied:
             rows = list(latest.values())
-            written = await self._store.upsert(connection, tenant_id, meta.agent_id, rows) if rows else set()
+            written = await self._store.upsert(transaction, tenant_id, meta.agent_id, rows) if rows else set()
             missing = [row.session_id for row in rows if row.session_id not in written]
             item_failures = list(failures)
             if missing:
                 # Not written means either an older version (a no-op, not a failure) or another tenant's session.
-                for session_id in sorted(await self._store.foreign(connection, tenant_id, missing)):
+                for session_id in sorted(await self._store.foreign(transaction, tenant_id, missing)):
                     item_failures.append(_foreign(session_id))
             if merges:
-                item_failures += await self._merge(connection, tenant_id, meta.agent_id, merges)
-            applied = total - len(item_failures)
-            return applied, item_failures, {}
+                item_failures += await self._merge(transaction, tenant_id, meta.agent_id, merges)
+            return Applied(total - len(item_failures), tuple(item_failures))
 
         return await self._ledger.run(meta, tenant_id, apply)
 
     async def _merge(
-        self, connection: Connection, tenant_id: str, agent_id: str, merges: dict[str, list[SessionAppendRecord]]
+        self, transaction: Transaction, tenant_id: str, agent_id: str, merges: dict[str, list[SessionAppendRecord]]
     ) -> list[ItemFailure]:
-        held = await self._store.lock_for_merge(connection, tenant_id, agent_id, sorted(merges))
+        held = await self._store.lock_for_merge(transaction, tenant_id, agent_id, sorted(merges))
         merged: dict[str, MergedSession] = {}
         failures: list[ItemFailure] = []
         for session_id, appends in merges.items():
@@ -213,7 +176,7 @@ class SessionSync:
                 current = result.data
                 merged[session_id] = result
         if merged:
-            await self._store.write_merged(connection, agent_id, merged)
+            await self._store.write_merged(transaction, agent_id, merged)
         return failures
 
     async def get(self, tenant_id: str, session_id: str) -> StoredSession:

@@ -19,14 +19,13 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
 
 from aeterna_shared.errors import FailedPrecondition, InvalidArgument
 from central_svc.periodic import Periodic
+from central_svc.ports import SnapshotSource
 
 _log = logging.getLogger(__name__)
 
@@ -34,19 +33,8 @@ FORMAT = "aeterna-episodes/1"
 DATA_FILE = "episodes.jsonl.gz"
 MANIFEST = "manifest.json"
 
-Row = tuple[str, str, str, str, str, str | None, datetime, bytes]
-
-
-class SnapshotSource(Protocol):
-    """Bulk access to episodes."""
-
-    def export(self) -> AsyncIterator[Row]:
-        """Every episode."""
-        ...
-
-    async def import_rows(self, rows: list[Row]) -> int:
-        """Insert rows not yet present; return how many were new."""
-        ...
+SnapshotRow = tuple[str, str, str, str, str, str | None, datetime, bytes]
+"""(episode_id, tenant_id, session_id, agent_id, content, embedding text, occur_time, data)."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +47,7 @@ class Manifest:
     created: datetime
 
 
-def _line(row: Row) -> bytes:
+def _line(row: SnapshotRow) -> bytes:
     episode_id, tenant, session, agent, content, embedding, occur, data = row
     return (
         json.dumps(
@@ -79,7 +67,7 @@ def _line(row: Row) -> bytes:
     )
 
 
-def _row(line: bytes) -> Row:
+def _row(line: bytes) -> SnapshotRow:
     doc = json.loads(line)
     return (
         doc["episode_id"],
@@ -141,7 +129,7 @@ async def restore(source: SnapshotSource, path: Path, *, chunk: int = 1000) -> i
     if hashlib.sha256(data_path.read_bytes()).hexdigest() != manifest.sha256:
         raise FailedPrecondition(f"{data_path} does not match its manifest's checksum", reason="SNAPSHOT_CORRUPT")
     inserted = 0
-    batch: list[Row] = []
+    batch: list[SnapshotRow] = []
     with gzip.open(data_path, "rb") as lines:
         for line in lines:
             batch.append(_row(line))

@@ -1,4 +1,4 @@
-"""Central's vector graph: validation of synced vectors and the ``VectorIndex`` port.
+"""Central's vector graph: validation of synced vectors, searches through the ``VectorIndex`` port.
 
 The default index is pgvector (HNSW, cosine) in central's own database; a
 Qdrant server (``qdrant-client``) is the alternative. Searches are always
@@ -11,12 +11,11 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
 
 from aeterna_shared import limits
 from aeterna_shared.errors import InvalidArgument
 from central_svc.batches import Ack, BatchMeta, ItemFailure
-from central_svc.store.ledger import ApplyResult, BatchLedger, Connection
+from central_svc.ports import Applied, BatchLedger, Transaction, VectorIndex
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,20 +55,6 @@ class VectorQuery:
     score_threshold: float
     exclude_regions: tuple[str, ...] = ()
     exclude_ids: tuple[str, ...] = ()
-
-
-class VectorIndex(Protocol):
-    """Where central's complete vector graph lives."""
-
-    async def upsert(
-        self, tenant_id: str, agent_id: str, rows: list[VectorRecord], *, within: Connection | None = None
-    ) -> None:
-        """Upsert rows (newer update_time wins); ``within`` is the ledger's transaction when the index can join it."""
-        ...
-
-    async def search(self, query: VectorQuery) -> list[VectorHit]:
-        """Best hits first, at most ``limit``, each with score >= ``score_threshold``."""
-        ...
 
 
 def embedding_problem(values: list[float], dimension: int) -> str | None:
@@ -134,10 +119,10 @@ class VectorSync:
                 if held is None or held.update_time <= record.update_time:
                     good[record.vector_id] = record
 
-        async def apply(connection: Connection) -> ApplyResult:
+        async def apply(transaction: Transaction) -> Applied:
             if good:
-                await self._index.upsert(tenant_id, meta.agent_id, list(good.values()), within=connection)
-            return len(records) - len(failures), failures, {}
+                await self._index.upsert(tenant_id, meta.agent_id, list(good.values()), within=transaction)
+            return Applied(len(records) - len(failures), tuple(failures))
 
         return await self._ledger.run(meta, tenant_id, apply)
 

@@ -1,13 +1,16 @@
-"""Edge commands: ``aeterna edge`` runs a node; ``render_status`` draws an edge's status for ``aeterna status``."""
+"""Edge commands: ``aeterna edge`` runs a node; ``aeterna dead-letters`` lists or requeues its dead letters."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from edge_svc.records import Channel
+
+if TYPE_CHECKING:
+    from edge_svc.store.outbox import SqliteOutbox
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,61 +56,41 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def _dead_letters(args: argparse.Namespace) -> int:
     from aeterna_shared.config import load_config  # noqa: PLC0415 - keep `aeterna --help` fast
-    from edge_svc.__main__ import outbox_limits  # noqa: PLC0415
-    from edge_svc.store.outbox import Outbox  # noqa: PLC0415
+    from aeterna_shared.errors import AeternaError  # noqa: PLC0415
+    from edge_svc.deps import outbox_limits, outbox_path  # noqa: PLC0415
+    from edge_svc.store.outbox import SqliteOutbox  # noqa: PLC0415
 
     config = load_config(args.config)
     data_dir = Path(args.data_dir or config.edge.data_dir)
-    path = data_dir / "outbox.sqlite3"
+    path = outbox_path(data_dir)
     if not path.exists():
         print(f"no outbox at {path}: is {data_dir} an edge's data directory?", file=sys.stderr)
         return 1
-    outbox = Outbox(path, outbox_limits(config))
     try:
-        if args.dead_letters_action == "requeue":
-            channel = Channel(args.channel) if args.channel else None
-            print(f"requeued {outbox.requeue_dead_letters(channel)} item(s); they go out with the next sync")
-            return 0
-        rows = sorted(outbox.dead_letter_counts(), key=lambda row: (row[0].value, row[1]))
-        if not rows:
-            print("no dead letters")
-        for channel_of, cause, items in rows:
-            print(f"{channel_of.value:<10} {cause:<40} {items:>8} item(s)")
+        outbox = SqliteOutbox(path, outbox_limits(config))
+        try:
+            return _dead_letters_on(outbox, args)
+        finally:
+            outbox.close()
+    except AeternaError as error:  # the outbox cannot be read or written now (locked, read-only, disk full)
+        print(f"{error.message} [{error.reason}]", file=sys.stderr)
+        return 1
+
+
+def _dead_letters_on(outbox: SqliteOutbox, args: argparse.Namespace) -> int:
+    if args.dead_letters_action == "requeue":
+        channel = Channel(args.channel) if args.channel else None
+        print(f"requeued {outbox.requeue_dead_letters(channel)} item(s); they go out with the next sync")
         return 0
-    finally:
-        outbox.close()
+    rows = sorted(outbox.dead_letter_counts(), key=lambda row: (row[0].value, row[1]))
+    if not rows:
+        print("no dead letters")
+    for channel_of, cause, items in rows:
+        print(f"{channel_of.value:<10} {cause:<40} {items:>8} item(s)")
+    return 0
 
 
 def _run_edge(args: argparse.Namespace) -> int:
-    from edge_svc.__main__ import main  # noqa: PLC0415 - keep `aeterna --help` fast
+    from edge_svc.server import main  # noqa: PLC0415 - keep `aeterna --help` fast
 
     return main(args.config, args.ready_file)
-
-
-def render_status(status: dict[str, Any]) -> str:
-    """The status as a readable table; a degraded edge (online, but a channel makes no progress) says DEGRADED."""
-    link = status.get("linkState", "")
-    if status.get("degraded"):
-        link = f"DEGRADED ({link.lower() or 'online'}, but sync makes no progress; see below)"
-    lines = [
-        f"edge            {status.get('agentId', '')}  (region {status.get('region', '')})",
-        f"incarnation     {status.get('incarnationId') or '(none: the outbox predates incarnations)'}",
-        f"link            {link}  since {status.get('linkChangeTime', '-')}"
-        f"  (failed checks in a row: {status.get('consecutiveFailures', 0)})",
-        f"policy version  {status.get('policyVersion', '0')}",
-        f"local data      {status.get('localSessions', '0')} sessions, {status.get('localVectors', '0')} vectors",
-        "",
-        f"{'channel':<10} {'pending items':>13} {'batches':>8} {'dead letters':>12} {'acked seq':>9}  last sync",
-    ]
-    for queue in status.get("queues", []):
-        channel = queue.get("channel", "")
-        items, batches = queue.get("pendingItems", "0"), queue.get("pendingBatches", "0")
-        dead, acked = queue.get("deadLetters", "0"), queue.get("ackedSequence", "0")
-        last = queue.get("lastSyncTime") or "never"
-        flag = "  DEGRADED" if queue.get("degraded") else ""
-        lines.append(f"{channel:<10} {items:>13} {batches:>8} {dead:>12} {acked:>9}  {last}{flag}")
-    stuck = [queue for queue in status.get("queues", []) if queue.get("degraded")]
-    if stuck:
-        lines.append("")
-        lines += [f"DEGRADED {q.get('channel', '')}: {q.get('degradedReason', '')}" for q in stuck]
-    return "\n".join(lines)

@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from edge_svc.ports import Outbox
 from edge_svc.records import Ack, Channel
-from edge_svc.store.outbox import Outbox
 
 
 class SyncMetrics:

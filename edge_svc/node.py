@@ -1,6 +1,6 @@
 """The edge node as one object: its parts, and the operations that span several of them.
 
-``EdgeNode`` is what the servicer is given. It holds no globals; ``__main__``
+``EdgeNode`` is what the servicer is given. It holds no globals; ``deps.open_edge``
 builds it from configuration, and tests may build it around real stores.
 """
 
@@ -16,9 +16,8 @@ from aeterna_shared.errors import NotFound, PermissionDenied, Unavailable
 from edge_svc.link import LinkMonitor
 from edge_svc.memory import SessionMemory, WorkingMemory
 from edge_svc.policy import CedarAgent, PolicyWatcher
-from edge_svc.ports import Central
+from edge_svc.ports import Central, ChannelStats, Outbox
 from edge_svc.records import Channel, EpisodeRecord, JsonDict, Message, SessionRecord
-from edge_svc.store.outbox import ChannelStats, Outbox
 from edge_svc.sync import SyncEngine
 from edge_svc.vectors import VectorIndex, validate_embedding
 

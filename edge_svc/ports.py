@@ -2,16 +2,21 @@
 
 Keeping the heavy dependencies (redis, sqlite, qdrant, grpc) behind these
 protocols lets the domain modules stay plain Python that reads top to bottom.
+No port names a driver type, and no adapter lets a driver's exception out:
+a store that cannot answer raises the project's own ``Unavailable`` or
+``ResourceExhausted`` (``aeterna_shared.errors``), mapped at the adapter.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from edge_svc.records import (
     Ack,
     Channel,
+    JsonDict,
     OutboxBatch,
     PolicyBundleRecord,
     ScoredRecord,
@@ -75,6 +80,112 @@ class Cache(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+        ...
+
+
+Refusals = Mapping[int, Sequence[tuple[str, str, str]]]
+"""Per acknowledged batch sequence, central's failures of its items: (item id, reason, message)."""
+
+REFUSED_PREFIX = "refused:"
+"""Dead-letter causes of refusals by central are ``refused:<central's reason>``."""
+
+
+@dataclass(frozen=True)
+class RefusedItem:
+    """An item of an acknowledged batch that central refused; it is now in the dead letters."""
+
+    sequence: int
+    batch_id: str
+    item_id: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One row of the dead-letter store."""
+
+    sequence: int
+    batch_id: str
+    reason: str
+    detail: str
+    items: list[JsonDict]
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """What ``GetEdgeStatus`` reports for one channel."""
+
+    channel: Channel
+    pending_items: int
+    pending_batches: int
+    dead_letters: int
+    acked_sequence: int
+    last_sync: float | None
+
+
+class Outbox(Protocol):
+    """The durable, per-channel ordered queue of batches bound for central (SQLite in ``store/outbox.py``).
+
+    Every method is synchronous and may block on an fsync: async callers run
+    it with ``asyncio.to_thread``. A store that cannot be read or written
+    raises ``Unavailable`` (reason ``OUTBOX_UNAVAILABLE``) and changed nothing.
+    """
+
+    @property
+    def incarnation_id(self) -> str:
+        """Identity of this outbox's database (``BatchHeader.incarnation_id``); empty for a pre-incarnation one."""
+        ...
+
+    def enqueue(self, channel: Channel, items: Sequence[JsonDict]) -> OutboxBatch:
+        """Commit one batch of ``items``; returns it with its sequence and batch id."""
+        ...
+
+    def pending(self, channel: Channel, limit: int) -> list[OutboxBatch]:
+        """The oldest ``limit`` batches of ``channel``, in sequence order."""
+        ...
+
+    def contains(self, channel: Channel, sequence: int) -> bool:
+        """True while the batch is still queued."""
+        ...
+
+    def ack(self, channel: Channel, sequences: Sequence[int], checkpoint: int = 0) -> int:
+        """Remove acknowledged batches (and any at or below ``checkpoint``); returns items removed."""
+        ...
+
+    def ack_refusing(
+        self, channel: Channel, sequences: Sequence[int], checkpoint: int = 0, refused: Refusals | None = None
+    ) -> tuple[int, list[RefusedItem]]:
+        """``ack``, moving the items central refused to the dead letters in the same transaction;
+        returns (items removed, items moved)."""
+        ...
+
+    def discard(self, channel: Channel, sequence: int, reason: str, detail: str = "") -> int:
+        """Move one batch to the dead letters (a batch central refused); returns the items moved."""
+        ...
+
+    def bury(self, channel: Channel, items: Sequence[JsonDict], reason: str) -> int:
+        """Put items that never made it into a batch straight into the dead letters; returns how many."""
+        ...
+
+    def expire(self) -> int:
+        """Move batches older than their channel's TTL to the dead letters; returns items moved."""
+        ...
+
+    def stats(self) -> list[ChannelStats]:
+        """Depth, dead letters and last sync of every channel."""
+        ...
+
+    def dead_letter_counts(self) -> list[tuple[Channel, str, int]]:
+        """(channel, cause, items) over the whole dead-letter store."""
+        ...
+
+    def dead_letter_rows(self, channel: Channel, batch_id: str | None = None) -> list[DeadLetter]:
+        """The channel's dead letters (of one batch, when given) with their items and central's message."""
+        ...
+
+    def close(self) -> None:
+        """Close the store (everything committed is already durable)."""
         ...
 
 

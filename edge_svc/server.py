@@ -1,4 +1,11 @@
-"""Assembling the edge's gRPC server: the EdgeService on the shared server stack.
+"""The edge's gRPC server (the EdgeService on the shared server stack), and the edge process serving it.
+
+``main`` (``aeterna edge``, ``python -m edge_svc``) loads the configuration and
+runs the edge: ``deps.open_edge`` opens the stores and builds the node, then
+the server is bound and started, the first health check of central runs and
+the loops start, and the ready file is written. SIGTERM (or SIGINT) stops it
+gracefully: NOT_SERVING, flush what can be flushed, AnnounceOffline, stop the
+server, close the stores and stop the owned servers (``EdgeDeps.close``).
 
 Health (``grpc.health.v1``): the whole server ("") and ``aeterna.edge.v1.EdgeService``
 report SERVING while the edge serves — that is liveness and readiness, and an
@@ -13,25 +20,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
+import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import prometheus_client
 from aeterna.edge.v1 import edge_pb2, edge_pb2_grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2
+from prometheus_client import CollectorRegistry
 
 from aeterna_security.tls import server_credentials
-from aeterna_server.server import ServiceBinding, bind, build_server, mark_not_serving, mark_serving
-from aeterna_shared.config import AeternaConfig
+from aeterna_server.server import (
+    ServiceBinding,
+    bind,
+    build_server,
+    mark_not_serving,
+    mark_serving,
+    start_health_server,
+)
+from aeterna_shared.config import AeternaConfig, load_config
+from aeterna_shared.errors import AeternaError
+from aeterna_shared.logs import configure_logging
 from edge_svc.api.edge_service import EdgeService
+from edge_svc.deps import EdgeDeps, open_edge
 from edge_svc.node import EdgeNode
 from interceptors.chain import server_interceptors
+from interceptors.telemetry import MetricsEndpoint, install_tracer_provider, serve_metrics
 
 SERVICE_NAME = edge_pb2.DESCRIPTOR.services_by_name["EdgeService"].full_name
 SYNC_HEALTH_SERVICE = "aeterna.sync"
 """Health service name that is NOT_SERVING while a sync channel is degraded."""
 
+SHUTDOWN_GRACE_SECONDS = 10.0
+
 _log = logging.getLogger(__name__)
+_process_log = logging.getLogger("edge_svc")
+"""The edge process's own lines (start, stop, refused start), under the package's name as always."""
 
 
 @dataclass
@@ -101,3 +129,77 @@ def create_server(config: AeternaConfig, deps: EdgeNode) -> tuple[EdgeServer, in
     )
     port = bind(server, config.edge.listen_host, config.edge.listen_port, server_credentials(config))
     return EdgeServer(server, health_servicer, deps), port
+
+
+def write_ready_file(path: Path, port: int, metrics_port: int) -> None:
+    """Write the ready file atomically (tmp + rename) so a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "port": port, "metrics_port": metrics_port}))
+    tmp.replace(path)
+
+
+async def run(config: AeternaConfig, ready_file: Path | None) -> int:
+    """Run the edge until SIGTERM or SIGINT; what start-up opened is closed however this ends."""
+    registry = prometheus_client.REGISTRY
+    deps = await open_edge(config, registry)
+    try:
+        return await _serve(config, deps, registry, ready_file)
+    finally:
+        await deps.close()
+
+
+async def _serve(config: AeternaConfig, deps: EdgeDeps, registry: CollectorRegistry, ready_file: Path | None) -> int:
+    node = deps.node
+    edge_server, port = create_server(config, node)  # binds: an occupied port fails here
+    endpoint: MetricsEndpoint | None = None
+    health_server = None
+    try:
+        metrics_port = 0
+        if config.telemetry.metrics_enabled:
+            endpoint = serve_metrics(config, registry=registry)
+            metrics_port = endpoint.port
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await edge_server.start()
+        if config.telemetry.health_port is not None:
+            health_server, health_port = await start_health_server(
+                edge_server.health, config.edge.listen_host, config.telemetry.health_port
+            )
+            _process_log.info("plaintext health endpoint for probes on port %d", health_port)
+        await node.start()
+        _process_log.info(
+            "edge %s (region %s) serving on %s:%d, central %s",
+            config.edge.agent_id,
+            config.edge.region,
+            config.edge.listen_host,
+            port,
+            "online" if node.link.online else "offline",
+        )
+        if ready_file is not None:
+            await asyncio.to_thread(write_ready_file, ready_file, port, metrics_port)
+        await stop.wait()
+        _process_log.info("stopping edge")
+    finally:
+        await edge_server.stop(SHUTDOWN_GRACE_SECONDS)
+        if health_server is not None:
+            await health_server.stop(0)
+        await node.shutdown(SHUTDOWN_GRACE_SECONDS)
+        if endpoint is not None:
+            endpoint.close()
+    return 0
+
+
+def main(config_path: str | None, ready_file: str | None) -> int:
+    """Load the configuration and run the edge; a refused start (data directory in use,
+    unsafe cache, ...) is one clear ERROR line and exit status 1."""
+    config = load_config(config_path)
+    configure_logging(config, "edge")
+    install_tracer_provider(config, "edge")
+    try:
+        return asyncio.run(run(config, Path(ready_file) if ready_file else None))
+    except AeternaError as error:
+        _process_log.error("edge stopped: %s [%s]", error.message, error.reason)
+        return 1

@@ -78,7 +78,7 @@ from edge_svc.backoff import backoff_delay
 from edge_svc.link import LinkMonitor
 from edge_svc.memory import SessionMemory
 from edge_svc.metrics import SyncMetrics
-from edge_svc.ports import Central
+from edge_svc.ports import REFUSED_PREFIX, Central, Outbox
 from edge_svc.records import (
     Ack,
     Channel,
@@ -89,7 +89,6 @@ from edge_svc.records import (
     SessionChange,
     VectorRecord,
 )
-from edge_svc.store.outbox import REFUSED_PREFIX, Outbox
 
 _log = logging.getLogger(__name__)
 
@@ -196,7 +195,9 @@ class SyncEngine:
             Channel.VECTORS: sync.episodic_memory.vector_sync.interval.total_seconds(),
             Channel.EPISODES: sync.memory_layers.episodic.interval.total_seconds(),
         }
-        self._retry_base = max(min(config.central_server.health_check.interval.total_seconds() / 4, 1.0), 0.05)
+        self.retry_base = max(min(config.central_server.health_check.interval.total_seconds() / 4, 1.0), 0.05)
+        """First step of the edge's backoff toward central: drain retries, the reconnect jitter and the policy
+        watch (``deps.open_edge`` hands it to the watcher); a quarter of the health-check interval, in [0.05, 1] s."""
         self._item_budget = int(self._max_bytes * _BATCH_BUDGET)
         self._health = {channel: _ChannelHealth() for channel in Channel}
         # Per channel: (batch id, how many times in a row central refused that batch as a whole).
@@ -231,12 +232,17 @@ class SyncEngine:
         item = decision.to_json()
         self._fits(item, "decision")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # A caller that went away (cancelled, past its deadline) never awaits the shielded future:
+        # retrieve a commit failure here, so it is not reported later as "never retrieved".
+        future.add_done_callback(_retrieve_failure)
         self._decision_buffer.append((item, future))
         if self._tasks:
             self._decision_arrived.set()
         else:
-            # No writer loop (the node is not started, e.g. in a unit test): commit inline.
-            await self.commit_decisions()
+            # No writer loop (the node is not started, e.g. in a unit test): commit inline. A failure
+            # reaches this caller through its future, as it does every caller of a shared commit.
+            with contextlib.suppress(Exception):
+                await self.commit_decisions()
         # The commit must finish even if this caller goes away, so other callers
         # sharing the same commit are not affected by its cancellation.
         await asyncio.shield(future)
@@ -407,7 +413,7 @@ class SyncEngine:
                     )
                     result.gave_up = True
                     break
-                await asyncio.sleep(backoff_delay(failures - 1, self._retry_base, 30.0))
+                await asyncio.sleep(backoff_delay(failures - 1, self.retry_base, 30.0))
         health.round_ended(result)
         return result
 
@@ -509,7 +515,7 @@ class SyncEngine:
 
     async def resume(self) -> None:
         """After a (re)connect: drop what central already applied, then drain every channel in order."""
-        await asyncio.sleep(random.uniform(0, min(self._retry_base, 0.5)))
+        await asyncio.sleep(random.uniform(0, min(self.retry_base, 0.5)))
         if not self._link.online:
             return
         try:
@@ -668,3 +674,8 @@ def _split_by_bytes(items: list[JsonDict], max_bytes: int) -> list[list[JsonDict
     if current:
         chunks.append(current)
     return chunks
+
+
+def _retrieve_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -3,17 +3,20 @@
 Clients read the details back with ``grpc_status.rpc_status.from_call``. An
 exception that is not an ``AeternaError`` becomes INTERNAL with a fixed
 message: internals and secrets never leave the process (they are logged).
+
+No driver appears here: each store adapter maps its library's errors to the
+domain tree itself (a lost Redis connection is ``Unavailable``/``CACHE_UNAVAILABLE``
+in ``edge_svc.store.cache``, an unwritable outbox ``Unavailable``/``OUTBOX_UNAVAILABLE``
+in ``edge_svc.store.outbox``), so a driver exception that reaches this table is a bug.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
-import redis.exceptions
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc import aio
@@ -52,31 +55,6 @@ _CODES: tuple[tuple[type[AeternaError], grpc.StatusCode], ...] = (
 )
 
 INTERNAL_MESSAGE = "internal error; the server logged the details"
-
-# Low-level failures of the stores behind a service that mean "try again later",
-# not "bug": they become UNAVAILABLE with a stable reason instead of INTERNAL.
-_TRANSIENT: tuple[tuple[tuple[type[BaseException], ...], str, str], ...] = (
-    (
-        (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),
-        "CACHE_UNAVAILABLE",
-        "the edge's cache (Redis/Dragonfly) is unreachable; retry later",
-    ),
-    (
-        (sqlite3.OperationalError,),
-        "OUTBOX_UNAVAILABLE",
-        "the edge's outbox cannot be written (disk full or locked); nothing was acknowledged",
-    ),
-)
-
-
-def translate(error: BaseException) -> AeternaError | None:
-    """The domain error for ``error``: itself, a transient store failure, or None (a bug: INTERNAL)."""
-    if isinstance(error, AeternaError):
-        return error
-    for kinds, reason, message in _TRANSIENT:
-        if isinstance(error, kinds):
-            return Unavailable(message, reason=reason, retry_after=1.0)
-    return None
 
 
 def code_for(error: AeternaError) -> grpc.StatusCode:
@@ -151,11 +129,8 @@ async def abort(context: aio.ServicerContext[Any, Any], error: AeternaError) -> 
 
 def _status_for(method: str, error: BaseException) -> tuple[grpc.StatusCode, status_pb2.Status]:
     """The code and rich status for an exception a servicer raised (logged when it is not a domain error)."""
-    domain = translate(error)
-    if domain is not None:
-        if not isinstance(error, AeternaError):
-            _log.warning("%s failed on a store: %s", method, error)
-        return code_for(domain), to_status_proto(domain)
+    if isinstance(error, AeternaError):
+        return code_for(error), to_status_proto(error)
     _log.exception("unexpected error in %s", method, exc_info=error)
     return grpc.StatusCode.INTERNAL, internal_status()
 

@@ -114,8 +114,8 @@ def _model_of(annotation: object) -> type[BaseModel] | None:
 
 
 def _format_default(value: object) -> str:
-    if hasattr(value, "total_seconds"):
-        return format_duration(value)  # type: ignore[arg-type]
+    if isinstance(value, timedelta):
+        return format_duration(value)
     if value is None:
         return "(unset)"
     if isinstance(value, tuple | list) and not value:
@@ -151,7 +151,7 @@ def _rows(model: type[BaseModel], keys: tuple[str, ...], names: tuple[str, ...])
         if child is not None:
             yield from _rows(child, key, path)
             continue
-        default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+        default = field.get_default(call_default_factory=True)
         shown = "" if default is PydanticUndefined else _format_default(default)
         description = _cell(field.description or "")
         yield (

@@ -1,7 +1,9 @@
-"""Blocking clients for the demo and operator commands.
+"""Blocking clients for the demo and ``aeterna status``, on ``aeterna_client.open_channel``.
 
 They translate between protobuf and plain Python values so that the code that
-tells the story (``aeterna_cli.demo``) never touches generated types.
+tells the story (``aeterna_cli.demo``) never touches generated types. Each
+client drives its channel on a private event loop, so blocking callers use the
+same client stack (TLS, pins, credentials, deadlines) as the edge.
 """
 
 from __future__ import annotations
@@ -9,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from aeterna.edge.v1 import edge_pb2, edge_pb2_grpc
@@ -19,11 +21,11 @@ from aeterna.memory.v1 import memory_pb2
 from aeterna.policy.v1 import decision_pb2, policy_pb2, policy_pb2_grpc
 from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
 from google.protobuf import json_format
+from grpc import aio
 
-from edge_svc.api.status_client import fetch_status
+from aeterna_client.channel import ClientSettings, open_channel
 
-AGENT_ID_HEADER = "x-aeterna-agent-id"
-TENANT_ID_HEADER = "x-aeterna-tenant-id"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -62,35 +64,67 @@ class EdgeStatus:
     local_vectors: int
 
 
-def _channel_name(channel: int) -> str:
-    return sync_pb2.SyncChannel.Name(channel).removeprefix("SYNC_CHANNEL_").lower()  # type: ignore[arg-type]
+def _channel_name(channel: sync_pb2.SyncChannel.ValueType) -> str:
+    return sync_pb2.SyncChannel.Name(channel).removeprefix("SYNC_CHANNEL_").lower()
 
 
-class EdgeClient:
-    """An agent's view of one edge."""
+class BlockingChannel:
+    """An ``open_channel`` channel used from blocking code: each call runs on a private event loop."""
 
-    def __init__(self, target: str, *, agent_id: str = "demo-agent", tenant_id: str = "default") -> None:
+    def __init__(self, target: str, settings: ClientSettings) -> None:
         self.target = target
-        self._channel = grpc.insecure_channel(target, compression=grpc.Compression.Gzip)
-        self._stub = edge_pb2_grpc.EdgeServiceStub(self._channel)
-        self._metadata = ((AGENT_ID_HEADER, agent_id), (TENANT_ID_HEADER, tenant_id))
+        self._loop = asyncio.new_event_loop()
+        self.channel: aio.Channel = self._loop.run_until_complete(self._open(target, settings))
+
+    @staticmethod
+    async def _open(target: str, settings: ClientSettings) -> aio.Channel:
+        return open_channel(target, settings)
+
+    def run(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Make the call (a stub method bound to its request) and wait for its result."""
+
+        async def calling() -> T:
+            return await call()
+
+        return self._loop.run_until_complete(calling())
 
     def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
+        """Close the channel and the loop."""
+        self._loop.run_until_complete(self.channel.close())
+        self._loop.close()
+
+
+def development_settings(agent_id: str, tenant_id: str = "default") -> ClientSettings:
+    """Plaintext, gzip, development identity headers: how the CLI reaches local processes today."""
+    return ClientSettings(agent_id=agent_id, tenant_id=tenant_id, compression="gzip")
+
+
+class EdgeClient(BlockingChannel):
+    """An agent's view of one edge."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        agent_id: str = "demo-agent",
+        tenant_id: str = "default",
+        settings: ClientSettings | None = None,
+    ) -> None:
+        super().__init__(target, settings or development_settings(agent_id, tenant_id))
+        self._stub = edge_pb2_grpc.EdgeServiceStub(self.channel)
 
     def set_working(self, key: str, value: Any, ttl_seconds: float) -> None:
         """Store a working-memory value."""
         request = edge_pb2.SetWorkingMemoryRequest(key=key)
         json_format.ParseDict(value, request.value)
         request.ttl.FromNanoseconds(int(ttl_seconds * 1e9))
-        self._stub.SetWorkingMemory(request, metadata=self._metadata, timeout=10)
+        self.run(lambda: self._stub.SetWorkingMemory(request, timeout=10))
 
     def get_working(self, key: str) -> Any | None:
         """Read a working-memory value; None once it expired."""
         try:
-            response = self._stub.GetWorkingMemory(
-                edge_pb2.GetWorkingMemoryRequest(key=key), metadata=self._metadata, timeout=10
+            response = self.run(
+                lambda: self._stub.GetWorkingMemory(edge_pb2.GetWorkingMemoryRequest(key=key), timeout=10)
             )
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
@@ -104,14 +138,14 @@ class EdgeClient:
         for text in texts:
             request.messages.add(role="user", content=text)
         request.state_patch.update(state)
-        response = self._stub.AppendSessionMessages(request, metadata=self._metadata, timeout=10)
+        response = self.run(lambda: self._stub.AppendSessionMessages(request, timeout=10))
         return response.session.checksum
 
     def get_session(self, session_id: str) -> tuple[dict[str, Any], str] | None:
         """A session as a dict and where it came from (local or central); None when absent."""
         try:
-            response = self._stub.GetSession(
-                edge_pb2.GetSessionRequest(session_id=session_id), metadata=self._metadata, timeout=10
+            response = self.run(
+                lambda: self._stub.GetSession(edge_pb2.GetSessionRequest(session_id=session_id), timeout=10)
             )
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
@@ -122,20 +156,20 @@ class EdgeClient:
 
     def raw_session(self, session_id: str) -> memory_pb2.Session:
         """The session message itself, for measuring its wire size."""
-        return self._stub.GetSession(
-            edge_pb2.GetSessionRequest(session_id=session_id), metadata=self._metadata, timeout=10
+        return self.run(
+            lambda: self._stub.GetSession(edge_pb2.GetSessionRequest(session_id=session_id), timeout=10)
         ).session
 
     def flush(self) -> tuple[int, int, int]:
         """Sync now: (batches acked, items acked, items still pending)."""
-        response = self._stub.FlushSync(edge_pb2.FlushSyncRequest(), metadata=self._metadata, timeout=60)
+        response = self.run(lambda: self._stub.FlushSync(edge_pb2.FlushSyncRequest(), timeout=60))
         return response.batches_acked, response.items_acked, response.items_pending
 
     def authorize(self, principal: str, action: str, resource: str, context: dict[str, Any] | None = None) -> Decision:
         """Ask the edge's Cedar agent."""
         request = edge_pb2.AuthorizeRequest(principal=principal, action=action, resource=resource)
         request.context.update(context or {})
-        response = self._stub.Authorize(request, metadata=self._metadata, timeout=10)
+        response = self.run(lambda: self._stub.Authorize(request, timeout=10))
         return Decision(
             effect=decision_pb2.Effect.Name(response.effect).removeprefix("EFFECT_"),
             policy_version=response.policy_version,
@@ -150,14 +184,15 @@ class EdgeClient:
         for vector_id, values, payload in vectors:
             vector = request.vectors.add(vector_id=vector_id, values=list(values))
             vector.payload.update(payload)
-        return self._stub.UpsertVectors(request, metadata=self._metadata, timeout=30).upserted
+        return self.run(lambda: self._stub.UpsertVectors(request, timeout=30)).upserted
 
     def search(self, embedding: Sequence[float], limit: int, threshold: float) -> SearchResult:
         """Search the edge (which may ask central)."""
-        response = self._stub.SearchVectors(
-            edge_pb2.SearchVectorsRequest(embedding=list(embedding), limit=limit, score_threshold=threshold),
-            metadata=self._metadata,
-            timeout=30,
+        response = self.run(
+            lambda: self._stub.SearchVectors(
+                edge_pb2.SearchVectorsRequest(embedding=list(embedding), limit=limit, score_threshold=threshold),
+                timeout=30,
+            )
         )
         return SearchResult(
             ids=tuple(hit.vector.vector_id for hit in response.results),
@@ -168,7 +203,7 @@ class EdgeClient:
 
     def status(self) -> EdgeStatus:
         """The edge's status."""
-        response = self._stub.GetEdgeStatus(edge_pb2.GetEdgeStatusRequest(), metadata=self._metadata, timeout=10)
+        response = self.run(lambda: self._stub.GetEdgeStatus(edge_pb2.GetEdgeStatusRequest(), timeout=10))
         return EdgeStatus(
             agent_id=response.agent_id,
             region=response.region,
@@ -193,33 +228,25 @@ class Conflict:
     state: str
 
 
-class CentralClient:
+class CentralClient(BlockingChannel):
     """An operator's view of central."""
 
-    def __init__(self, target: str, *, operator: str = "demo-operator") -> None:
-        self.target = target
-        self._channel = grpc.insecure_channel(target, compression=grpc.Compression.Gzip)
-        self._sync = sync_pb2_grpc.SyncServiceStub(self._channel)
-        self._policy = policy_pb2_grpc.PolicyServiceStub(self._channel)
-        self._metadata = ((AGENT_ID_HEADER, operator),)
-
-    def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
+    def __init__(self, target: str, *, operator: str = "demo-operator", settings: ClientSettings | None = None) -> None:
+        super().__init__(target, settings or development_settings(operator))
+        self._sync = sync_pb2_grpc.SyncServiceStub(self.channel)
+        self._policy = policy_pb2_grpc.PolicyServiceStub(self.channel)
 
     def publish(self, policies: dict[str, str], entities: list[dict[str, Any]] | None = None) -> int:
         """Publish a bundle; returns its version."""
         request = policy_pb2.PublishPoliciesRequest(entities_json=json.dumps(entities or []))
         for policy_id, text in policies.items():
             request.policies.add(policy_id=policy_id, text=text)
-        return self._policy.PublishPolicies(request, metadata=self._metadata, timeout=30).bundle.version
+        return self.run(lambda: self._policy.PublishPolicies(request, timeout=30)).bundle.version
 
     def has_session(self, session_id: str) -> bool:
         """Whether central holds the session."""
         try:
-            self._sync.GetSession(
-                sync_pb2.GetSessionRequest(session_id=session_id), metadata=self._metadata, timeout=10
-            )
+            self.run(lambda: self._sync.GetSession(sync_pb2.GetSessionRequest(session_id=session_id), timeout=10))
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return False
@@ -229,8 +256,8 @@ class CentralClient:
     def conflicts(self, pending_only: bool = True) -> list[Conflict]:
         """Conflicts flagged for manual review."""
         state = sync_pb2.CONFLICT_STATE_PENDING if pending_only else sync_pb2.CONFLICT_STATE_UNSPECIFIED
-        response = self._sync.ListConflicts(
-            sync_pb2.ListConflictsRequest(state=state, page_size=100), metadata=self._metadata, timeout=10
+        response = self.run(
+            lambda: self._sync.ListConflicts(sync_pb2.ListConflictsRequest(state=state, page_size=100), timeout=10)
         )
         return [
             Conflict(
@@ -246,18 +273,19 @@ class CentralClient:
     def resolve(self, conflict_id: str, keep_edge: bool, note: str) -> str:
         """Settle a conflict; returns who resolved it."""
         resolution = sync_pb2.RESOLUTION_KEEP_EDGE if keep_edge else sync_pb2.RESOLUTION_KEEP_CENTRAL
-        response = self._sync.ResolveConflict(
-            sync_pb2.ResolveConflictRequest(conflict_id=conflict_id, resolution=resolution, note=note),
-            metadata=self._metadata,
-            timeout=10,
+        response = self.run(
+            lambda: self._sync.ResolveConflict(
+                sync_pb2.ResolveConflictRequest(conflict_id=conflict_id, resolution=resolution, note=note),
+                timeout=10,
+            )
         )
         return response.conflict.resolved_by
 
     def policy_version(self) -> int:
         """The current policy bundle version; 0 when none was published."""
         try:
-            response = self._policy.GetPolicyBundle(
-                policy_pb2.GetPolicyBundleRequest(version=0), metadata=self._metadata, timeout=10
+            response = self.run(
+                lambda: self._policy.GetPolicyBundle(policy_pb2.GetPolicyBundleRequest(version=0), timeout=10)
             )
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
@@ -267,7 +295,7 @@ class CentralClient:
 
     def edges(self) -> list[dict[str, Any]]:
         """Every registered edge: agent id, region, state and incarnation (more than one: re-provisioned)."""
-        response = self._sync.ListEdges(sync_pb2.ListEdgesRequest(page_size=100), metadata=self._metadata, timeout=10)
+        response = self.run(lambda: self._sync.ListEdges(sync_pb2.ListEdgesRequest(page_size=100), timeout=10))
         return [
             {
                 "agentId": edge.agent_id,
@@ -288,6 +316,18 @@ def wire_sizes(sessions: Sequence[memory_pb2.Session]) -> tuple[int, int, int]:
     return len(as_json), len(as_proto), len(gzip.compress(as_proto))
 
 
+async def fetch_status(target: str, deadline_seconds: float, settings: ClientSettings) -> dict[str, Any]:
+    """An edge's ``GetEdgeStatus`` as a JSON-ready dict (camelCase keys, enum names shortened)."""
+    async with open_channel(target, settings) as channel:
+        stub = edge_pb2_grpc.EdgeServiceStub(channel)
+        reply = await stub.GetEdgeStatus(edge_pb2.GetEdgeStatusRequest(), timeout=deadline_seconds)
+    status: dict[str, Any] = json_format.MessageToDict(reply, always_print_fields_with_no_presence=True)
+    status["linkState"] = edge_pb2.LinkState.Name(reply.link_state).removeprefix("LINK_STATE_")
+    for queue, raw in zip(status.get("queues", []), reply.queues, strict=True):
+        queue["channel"] = _channel_name(raw.channel)
+    return status
+
+
 class StatusUnavailable(Exception):
     """The target answered neither as an edge nor as central."""
 
@@ -298,15 +338,16 @@ def status_of(target: str, timeout: float) -> dict[str, Any]:
     A central answers the edge's GetEdgeStatus with UNIMPLEMENTED; that is how
     one command tells the two apart without asking the operator.
     """
+    settings = development_settings("aeterna-status")
     try:
         try:
-            status = asyncio.run(fetch_status(target, timeout))
+            status = asyncio.run(fetch_status(target, timeout, settings))
             status["role"] = "edge"
             return status
         except grpc.RpcError as error:
             if error.code() != grpc.StatusCode.UNIMPLEMENTED:
                 raise
-        client = CentralClient(target, operator="aeterna-status")
+        client = CentralClient(target, settings=settings)
         try:
             edges = client.edges()
             return {

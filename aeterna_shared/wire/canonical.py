@@ -9,21 +9,19 @@ entries sorted by key), which every official protobuf runtime offers:
 * a batch signature is the HMAC-SHA256 of the whole request with
   ``header.signature`` cleared (so it covers ``batch_id``, ``sequence``,
   ``agent_id``, ``region``, ``sent_time``, ``incarnation_id`` and every item);
-* ``verify_batch`` checks a batch's signature (constant time) and the
-  freshness of its ``sent_time`` (the replay window).
+  the edge signs with ``sign_batch``, central verifies with
+  ``signature_matches`` (constant time) as one step of its admission
+  (``central_svc.admission``, which also checks the freshness of ``sent_time``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from aeterna.memory.v1 import memory_pb2
 from aeterna.sync.v1 import sync_pb2
-
-from aeterna_shared.errors import Unauthenticated
 
 
 class SignedRequest(Protocol):
@@ -65,40 +63,3 @@ def sign_batch(request: SignedRequest, key: bytes) -> None:
 def signature_matches(request: SignedRequest, key: bytes) -> bool:
     """Constant-time check of ``request.header.signature``."""
     return hmac.compare_digest(batch_digest(request, key), request.header.signature)
-
-
-def check_freshness(sent_time: datetime | None, *, now: datetime, window: timedelta, batch_id: str = "") -> None:
-    """Refuse a batch whose ``sent_time`` is missing or further than ``window`` from ``now``.
-
-    The signature covers ``sent_time``, so a captured batch cannot be re-dated;
-    with this window a replay of it is only possible while it is fresh, and
-    central's batch ledger makes such a replay a no-op (same ``batch_id``, same ack).
-    The reason ``STALE_BATCH`` matches ``central_svc.batches.check_header``.
-    """
-    metadata = {"batch_id": batch_id} if batch_id else {}
-    if sent_time is None:
-        raise Unauthenticated("batch has no sent_time", reason="STALE_BATCH", metadata=metadata)
-    if abs(now - sent_time) > window:
-        raise Unauthenticated(
-            f"batch {batch_id} was sent at {sent_time.isoformat()}, outside the freshness window "
-            f"of {int(window.total_seconds())} s",
-            reason="STALE_BATCH",
-            metadata=metadata,
-        )
-
-
-def verify_batch(request: SignedRequest, key: bytes | None, *, now: datetime, window: timedelta) -> None:
-    """Signature (constant-time) then freshness of a signed batch; ``Unauthenticated`` on failure.
-
-    The signature is checked first so that an unsigned or tampered batch is
-    reported as such (``BAD_SIGNATURE``) whatever its time; ``key`` None means
-    central has no key for the claimed agent (``UNKNOWN_SIGNING_KEY``).
-    """
-    header = request.header
-    metadata = {"batch_id": header.batch_id} if header.batch_id else {}
-    if key is None:
-        raise Unauthenticated("no signing key is configured for this agent", reason="UNKNOWN_SIGNING_KEY")
-    if not header.signature or not signature_matches(request, key):
-        raise Unauthenticated("the batch signature does not verify", reason="BAD_SIGNATURE", metadata=metadata)
-    sent = header.sent_time.ToDatetime(tzinfo=UTC) if header.HasField("sent_time") else None
-    check_freshness(sent, now=now, window=window, batch_id=header.batch_id)

@@ -13,22 +13,16 @@ from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
 from google.protobuf import struct_pb2
 from grpc import aio
 
-from aeterna_security.identity import Identity, current_identity
+from aeterna_security.identity import current_identity
 from aeterna_security.keys import SigningKeyring
 from aeterna_shared import limits
 from aeterna_shared.config import AeternaConfig
-from aeterna_shared.errors import InvalidArgument, Unauthenticated
-from aeterna_shared.wire.canonical import SignedRequest, session_checksum, signature_matches
+from aeterna_shared.errors import InvalidArgument
+from aeterna_shared.wire.canonical import session_checksum
 from central_svc import page_tokens
-from central_svc.api.convert import (
-    batch_ack,
-    batch_meta,
-    json_struct,
-    struct_json,
-    to_datetime,
-    to_timestamp,
-)
-from central_svc.batches import Ack, BatchMeta, Channel, check_header, check_incarnation_id
+from central_svc.admission import AdmissionRules, admit
+from central_svc.api.convert import batch_ack, json_struct, struct_json, to_datetime, to_timestamp
+from central_svc.batches import Ack, Channel, check_incarnation_id
 from central_svc.deps import CentralDeps
 from central_svc.episodes import EpisodeFilter, EpisodeRecord
 from central_svc.replay import ConflictRecord, ConflictState, DecisionRecord, Resolution
@@ -45,16 +39,9 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
     """Every RPC of the sync API; all logic lives in the domain objects of ``CentralDeps``."""
 
     def __init__(self, config: AeternaConfig, deps: CentralDeps, keyring: SigningKeyring) -> None:
-        self._config = config
         self._deps = deps
-        self._keyring = keyring
         sync = config.sync
-        self._limits = {
-            Channel.SESSIONS: sync.batch.max_size,
-            Channel.VECTORS: max(sync.batch.max_size, sync.episodic_memory.vector_sync.batch_size),
-            Channel.EPISODES: max(sync.batch.max_size, sync.memory_layers.episodic.batch_size),
-            Channel.DECISIONS: 100_000,
-        }
+        self._admission = AdmissionRules.from_config(sync, keyring.key_for, deps.clock)
         self._intervals = {
             Channel.SESSIONS: sync.session_interval,
             Channel.VECTORS: sync.episodic_memory.vector_sync.interval,
@@ -63,28 +50,6 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         }
 
     # --- batch plumbing ---------------------------------------------------------------
-
-    def _admit(self, request: SignedRequest, channel: Channel, items: int) -> tuple[BatchMeta, Identity]:
-        """Batch-level checks; each failure ends the call with its status."""
-        identity = current_identity()
-        header = request.header
-        identity.require_agent(header.agent_id)
-        if items > self._limits[channel]:
-            raise InvalidArgument(
-                f"batch has {items} items, the limit is {self._limits[channel]}",
-                reason="BATCH_TOO_LARGE",
-                metadata={"limit": str(self._limits[channel])},
-            )
-        key = self._keyring.key_for(header.agent_id)
-        if key is None or not signature_matches(request, key):
-            raise Unauthenticated(
-                f"batch {header.batch_id} has no valid signature for agent {header.agent_id!r}",
-                reason="BAD_SIGNATURE",
-                metadata={"batch_id": header.batch_id},
-            )
-        meta = batch_meta(request, channel)
-        check_header(meta, identity, now=self._deps.clock(), freshness=self._config.sync.signing.freshness_window)
-        return meta, identity
 
     def _ack(self, ack: Ack, channel: Channel) -> sync_pb2.BatchAck:
         next_sync: datetime = self._deps.clock() + self._intervals[channel]
@@ -97,7 +62,10 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
     ) -> AsyncIterator[sync_pb2.SyncSessionsResponse]:
         """One ack per batch, in arrival order."""
         async for request in request_iterator:
-            meta, identity = self._admit(request, Channel.SESSIONS, len(request.sessions) + len(request.appends))
+            identity = current_identity()
+            meta = admit(
+                request, identity, Channel.SESSIONS, len(request.sessions) + len(request.appends), self._admission
+            )
             records = [
                 SessionRecord(**_session_item(s, f"sessions[{index}]", s.state, "state"))
                 for index, s in enumerate(request.sessions)
@@ -143,7 +111,8 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
     ) -> AsyncIterator[sync_pb2.SyncVectorsResponse]:
         """One ack per vector batch."""
         async for request in request_iterator:
-            meta, identity = self._admit(request, Channel.VECTORS, len(request.vectors))
+            identity = current_identity()
+            meta = admit(request, identity, Channel.VECTORS, len(request.vectors), self._admission)
             now = self._deps.clock()
             records = []
             for index, v in enumerate(request.vectors):
@@ -205,7 +174,8 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         self, request: sync_pb2.ReplayDecisionsRequest, context: Context
     ) -> sync_pb2.ReplayDecisionsResponse:
         """Store decisions and settle conflicts by the configured policy."""
-        meta, identity = self._admit(request, Channel.DECISIONS, len(request.decisions))
+        identity = current_identity()
+        meta = admit(request, identity, Channel.DECISIONS, len(request.decisions), self._admission)
         records = []
         for index, decision in enumerate(request.decisions):
             # The deciding agent is the credential's, whatever the payload said.
@@ -226,17 +196,16 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                 )
             )
         ack = await self._deps.decisions.replay(meta, identity.tenant_id, records)
-        results = ack.extra.get("results", [])
         return sync_pb2.ReplayDecisionsResponse(
             ack=self._ack(ack, Channel.DECISIONS),
             results=[
                 sync_pb2.DecisionResult(
-                    decision_id=r[0],
-                    outcome=r[1],
-                    conflicting_decision_id=r[2],
-                    conflict_id=r[3],
+                    decision_id=r.decision_id,
+                    outcome=sync_pb2.ReplayOutcome.ValueType(r.outcome),
+                    conflicting_decision_id=r.conflicting_decision_id,
+                    conflict_id=r.conflict_id,
                 )
-                for r in results  # type: ignore[attr-defined]
+                for r in ack.results
             ],
         )
 
@@ -246,20 +215,16 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         """Review items of the caller's tenant, oldest first."""
         tenant = current_identity().tenant_id
         state = _enum(ConflictState, request.state, "state")
-        size = page_tokens.page_size(request.page_size)
-        fingerprint = page_tokens.fingerprint("conflicts", tenant, int(request.state))
-        after = None
-        if request.page_token:
-            position = page_tokens.decode(self._deps.page_token_key, fingerprint, request.page_token)
-            after = (datetime.fromisoformat(position[0]), str(position[1]))
-        records = await self._deps.decisions.list_conflicts(tenant, state, after, size + 1)
-        token = ""
-        if len(records) > size:
-            records = records[:size]
-            last = records[-1]
-            token = page_tokens.encode(
-                self._deps.page_token_key, fingerprint, [last.created_at.isoformat(), last.conflict_id]
-            )
+        records, token = await page_tokens.paginate(
+            self._deps.page_token_key,
+            page_size_requested=request.page_size,
+            page_token=request.page_token,
+            query=("conflicts", tenant, int(request.state)),
+            fetch=lambda after, limit: self._deps.decisions.list_conflicts(
+                tenant, state, page_tokens.time_position(after), limit
+            ),
+            position_of=lambda last: [last.created_at.isoformat(), last.conflict_id],
+        )
         return sync_pb2.ListConflictsResponse(conflicts=[_conflict(r) for r in records], next_page_token=token)
 
     async def ResolveConflict(
@@ -279,7 +244,8 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         self, request: sync_pb2.AppendEpisodesRequest, context: Context
     ) -> sync_pb2.AppendEpisodesResponse:
         """Idempotent append."""
-        meta, identity = self._admit(request, Channel.EPISODES, len(request.episodes))
+        identity = current_identity()
+        meta = admit(request, identity, Channel.EPISODES, len(request.episodes), self._admission)
         records = []
         for index, episode in enumerate(request.episodes):
             episode.agent_id = episode.agent_id or identity.agent_id
@@ -314,21 +280,16 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
             start=to_datetime(request.start_time, request.HasField("start_time"), "start_time"),
             end=to_datetime(request.end_time, request.HasField("end_time"), "end_time"),
         )
-        size = page_tokens.page_size(request.page_size)
-        fingerprint = page_tokens.fingerprint(
-            "episodes", query.tenant_id, query.session_id, query.agent_id, query.start, query.end
+        rows, token = await page_tokens.paginate(
+            self._deps.page_token_key,
+            page_size_requested=request.page_size,
+            page_token=request.page_token,
+            query=("episodes", query.tenant_id, query.session_id, query.agent_id, query.start, query.end),
+            fetch=lambda after, limit: self._deps.episodes.page(query, page_tokens.time_position(after), limit),
+            position_of=lambda last: [last.occur_time.isoformat(), last.episode_id],
         )
-        after = None
-        if request.page_token:
-            position = page_tokens.decode(self._deps.page_token_key, fingerprint, request.page_token)
-            after = (datetime.fromisoformat(position[0]), str(position[1]))
-        rows = await self._deps.episodes.page(query, after, size + 1)
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = page_tokens.encode(self._deps.page_token_key, fingerprint, [rows[-1][0].isoformat(), rows[-1][1]])
         return sync_pb2.ListEpisodesResponse(
-            episodes=[memory_pb2.Episode.FromString(row[2]) for row in rows], next_page_token=token
+            episodes=[memory_pb2.Episode.FromString(row.data) for row in rows], next_page_token=token
         )
 
     # --- edge registry ----------------------------------------------------------------
@@ -348,16 +309,16 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         identity = current_identity()
         everyone = "admin" in identity.scopes or "*" in identity.scopes
         tenant = None if everyone else identity.tenant_id
-        size = page_tokens.page_size(request.page_size)
-        fingerprint = page_tokens.fingerprint("edges", tenant)
-        after = ""
-        if request.page_token:
-            after = str(page_tokens.decode(self._deps.page_token_key, fingerprint, request.page_token)[0])
-        views = await self._deps.edges.page(tenant, after, size + 1, self._deps.clock())
-        token = ""
-        if len(views) > size:
-            views = views[:size]
-            token = page_tokens.encode(self._deps.page_token_key, fingerprint, [views[-1].row.agent_id])
+        views, token = await page_tokens.paginate(
+            self._deps.page_token_key,
+            page_size_requested=request.page_size,
+            page_token=request.page_token,
+            query=("edges", tenant),
+            fetch=lambda after, limit: self._deps.edges.page(
+                tenant, str(after[0]) if after else "", limit, self._deps.clock()
+            ),
+            position_of=lambda last: [last.row.agent_id],
+        )
         return sync_pb2.ListEdgesResponse(
             edges=[
                 sync_pb2.EdgeInfo(

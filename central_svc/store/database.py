@@ -1,9 +1,27 @@
-"""The connection pool central's stores share, and the mapping of driver errors to domain errors."""
+"""The connection pool central's stores share, and the one mapping of driver errors to the project's errors.
+
+Every store entry point runs its statements inside ``Database.connection()`` or
+``Database.transaction()`` (the writes of a batch run inside the ledger's
+``transaction()``), so no psycopg exception leaves ``central_svc.store``:
+``translated_errors`` maps them, in this one place.
+
+* A data exception (SQLSTATE class 22), a program limit (class 54) or psycopg's
+  ``DataError`` (a NUL it refused) comes from a value of the request:
+  ``InvalidArgument`` with reason ``UNSTORABLE_VALUE``. Retrying cannot help.
+* Any ``OperationalError`` (the connection refused or lost, an administrator
+  shutdown, too many connections, disk full or out of memory, a serialization
+  failure or deadlock, a cancelled statement, the pool's ``PoolTimeout``):
+  ``Unavailable`` with reason ``DATABASE_UNAVAILABLE``, "central's database is
+  unreachable; retry later", with RetryInfo. The edge keeps the batch and
+  sends it again.
+* Any other psycopg error (a constraint, a syntax error) is a bug: it is left
+  alone, and the RPC error mapping answers INTERNAL and logs it.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psycopg
@@ -11,7 +29,11 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from aeterna_shared.errors import InvalidArgument, Unavailable
+from central_svc.ports import Transaction
 from central_svc.store.urls import psycopg_conninfo
+
+Connection = AsyncConnection[tuple[Any, ...]]
+"""A pooled connection, as the stores use it."""
 
 DATA_SQLSTATE_CLASSES = ("22", "54")
 """SQLSTATE classes caused by the data itself: data exception, program limit exceeded."""
@@ -25,6 +47,34 @@ def is_data_error(error: psycopg.Error) -> bool:
     return sqlstate[:2] in DATA_SQLSTATE_CLASSES
 
 
+@contextlib.contextmanager
+def translated_errors() -> Iterator[None]:
+    """psycopg errors raised in the block become the project's errors (the table in the module docstring)."""
+    try:
+        yield
+    except psycopg.Error as error:
+        if is_data_error(error):
+            # A data exception (class 22: a NUL, a value out of range; psycopg refusing a NUL
+            # itself) or a program limit (class 54: an index row too large) always comes from a
+            # value the request carried: retrying cannot help, so it is no UNAVAILABLE.
+            raise InvalidArgument(
+                f"a value in the request cannot be stored: {error.diag.message_primary or error}",
+                reason="UNSTORABLE_VALUE",
+            ) from None
+        if isinstance(error, psycopg.OperationalError):
+            raise Unavailable(
+                "central's database is unreachable; retry later", reason="DATABASE_UNAVAILABLE"
+            ) from error
+        raise
+
+
+def connection_of(transaction: Transaction) -> Connection:
+    """The psycopg connection of a ``Transaction`` that ``Database.transaction()`` opened (for the stores)."""
+    if not isinstance(transaction, AsyncConnection):
+        raise TypeError(f"{type(transaction).__name__} is no transaction on central's PostgreSQL database")
+    return transaction
+
+
 class Database:
     """An async psycopg pool on central's database.
 
@@ -34,7 +84,7 @@ class Database:
     def __init__(self, url: str, *, max_size: int = 10) -> None:
         self.url = url
         self.conninfo = psycopg_conninfo(url)
-        self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
+        self._pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             self.conninfo, min_size=1, max_size=max_size, open=False, kwargs={"autocommit": True}
         )
 
@@ -47,28 +97,18 @@ class Database:
         await self._pool.close()
 
     @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[AsyncConnection[tuple[Any, ...]]]:
-        """A pooled autocommit connection; driver failures become ``Unavailable`` (retryable)."""
-        try:
+    async def connection(self) -> AsyncIterator[Connection]:
+        """A pooled autocommit connection; driver failures become the project's errors (``translated_errors``)."""
+        with translated_errors():
             async with self._pool.connection() as connection:
                 yield connection
-        except psycopg.Error as error:
-            if is_data_error(error):
-                # A data exception (class 22: a NUL, a value out of range; psycopg refusing a NUL
-                # itself) or a program limit (class 54: an index row too large) always comes from a
-                # value the request carried: retrying cannot help, so it is no UNAVAILABLE.
-                raise InvalidArgument(
-                    f"a value in the request cannot be stored: {error.diag.message_primary or error}",
-                    reason="UNSTORABLE_VALUE",
-                ) from None
-            if isinstance(error, psycopg.OperationalError):
-                raise Unavailable(
-                    "central's database is unreachable; retry later", reason="DATABASE_UNAVAILABLE"
-                ) from error
-            raise
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection[tuple[Any, ...]]]:
-        """A pooled connection inside one transaction (committed on success, rolled back on error)."""
+    async def transaction(self) -> AsyncIterator[Connection]:
+        """A pooled connection inside one transaction (committed on success, rolled back on error).
+
+        The connection is also the ``Transaction`` of ``central_svc.ports`` that the ledger hands to the
+        domain; stores get it back with ``connection_of``.
+        """
         async with self.connection() as connection, connection.transaction():
             yield connection

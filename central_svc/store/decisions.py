@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from central_svc.replay import ConflictRecord, ConflictState, Effective, NewDecision, Resolution, Status
-from central_svc.store.database import Database
-from central_svc.store.ledger import Connection
+from central_svc.ports import Transaction
+from central_svc.replay import ConflictRecord, ConflictState, DecisionWrites, Effective, Resolution, Status
+from central_svc.store.database import Database, connection_of
 
 _INSERT = """
 INSERT INTO decisions (decision_id, tenant_id, agent_id, resource, decide_time, status, data)
@@ -44,18 +44,20 @@ class PostgresDecisionStore:
     def __init__(self, database: Database) -> None:
         self._database = database
 
-    async def existing(self, connection: Connection, ids: list[str]) -> set[str]:
+    async def existing(self, transaction: Transaction, ids: list[str]) -> set[str]:
         """Ids already in the log."""
         if not ids:
             return set()
-        cursor = await connection.execute("SELECT decision_id FROM decisions WHERE decision_id = ANY(%s)", (ids,))
+        cursor = await connection_of(transaction).execute(
+            "SELECT decision_id FROM decisions WHERE decision_id = ANY(%s)", (ids,)
+        )
         return {row[0] for row in await cursor.fetchall()}
 
-    async def effective(self, connection: Connection, tenant_id: str, resources: list[str]) -> dict[str, Effective]:
+    async def effective(self, transaction: Transaction, tenant_id: str, resources: list[str]) -> dict[str, Effective]:
         """Effective decision per resource, rows locked so concurrent replays on a resource serialize."""
         if not resources:
             return {}
-        cursor = await connection.execute(
+        cursor = await connection_of(transaction).execute(
             "SELECT resource, decision_id, decide_time FROM decisions"
             " WHERE tenant_id = %s AND resource = ANY(%s) AND status = 'effective' FOR UPDATE",
             (tenant_id, resources),
@@ -67,17 +69,10 @@ class PostgresDecisionStore:
                 current[resource] = Effective(decision_id, decide_time)
         return current
 
-    async def write(
-        self,
-        connection: Connection,
-        *,
-        tenant_id: str,
-        agent_id: str,
-        rows: list[NewDecision],
-        superseded: list[str],
-        conflicts: list[tuple[str, str, str]],
-    ) -> None:
+    async def write(self, transaction: Transaction, tenant_id: str, agent_id: str, writes: DecisionWrites) -> None:
         """Insert the decisions, supersede the old effective ones, open the review items."""
+        connection = connection_of(transaction)
+        rows, superseded, conflicts = writes.rows, writes.superseded, writes.conflicts
         if rows:
             await connection.execute(
                 _INSERT,
@@ -103,9 +98,9 @@ class PostgresDecisionStore:
                 (
                     tenant_id,
                     int(ConflictState.PENDING),
-                    [c[0] for c in conflicts],
-                    [c[1] for c in conflicts],
-                    [c[2] for c in conflicts],
+                    [c.conflict_id for c in conflicts],
+                    [c.edge_decision_id for c in conflicts],
+                    [c.central_decision_id for c in conflicts],
                 ),
             )
 

@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-from central_svc.episodes import EpisodeFilter, EpisodeRecord
-from central_svc.store.database import Database
-from central_svc.store.ledger import Connection
+from central_svc.episodes import EpisodeFilter, EpisodeRecord, EpisodeRow
+from central_svc.ports import Transaction
+from central_svc.snapshots import SnapshotRow
+from central_svc.store.database import Connection, Database, connection_of
 from central_svc.store.vectors_pgvector import vector_literal
 
 _INSERT = """
@@ -19,9 +20,6 @@ FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text
 ON CONFLICT (episode_id) DO NOTHING
 """
 
-SnapshotRow = tuple[str, str, str, str, str, str | None, datetime, bytes]
-"""(episode_id, tenant_id, session_id, agent_id, content, embedding text, occur_time, data)."""
-
 
 class PostgresEpisodeStore:
     """Episodes in the ``episodes`` table."""
@@ -29,10 +27,10 @@ class PostgresEpisodeStore:
     def __init__(self, database: Database) -> None:
         self._database = database
 
-    async def insert(self, connection: Connection, tenant_id: str, rows: list[EpisodeRecord]) -> None:
+    async def insert(self, transaction: Transaction, tenant_id: str, rows: list[EpisodeRecord]) -> None:
         """Insert, skipping known ids."""
         await self.insert_rows(
-            connection,
+            connection_of(transaction),
             [
                 (
                     r.episode_id,
@@ -55,9 +53,7 @@ class PostgresEpisodeStore:
         cursor = await connection.execute(_INSERT, columns)
         return cursor.rowcount
 
-    async def page(
-        self, query: EpisodeFilter, after: tuple[datetime, str] | None, limit: int
-    ) -> list[tuple[datetime, str, bytes]]:
+    async def page(self, query: EpisodeFilter, after: tuple[datetime, str] | None, limit: int) -> list[EpisodeRow]:
         """Oldest first by (occur_time, episode_id)."""
         sql = "SELECT occur_time, episode_id, data FROM episodes WHERE tenant_id = %s"
         params: list[Any] = [query.tenant_id]
@@ -78,7 +74,7 @@ class PostgresEpisodeStore:
         params.append(limit)
         async with self._database.connection() as connection:
             cursor = await connection.execute(sql, params)
-            return [(row[0], row[1], bytes(row[2])) for row in await cursor.fetchall()]
+            return [EpisodeRow(row[0], row[1], bytes(row[2])) for row in await cursor.fetchall()]
 
     async def export(self) -> AsyncIterator[SnapshotRow]:
         """Every episode, in a stable order, streamed with a server-side cursor."""

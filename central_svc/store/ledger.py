@@ -1,4 +1,6 @@
-"""The batch ledger: at-most-once application of batches, checkpoints and the edge registry's sync time.
+"""PostgreSQL adapter of the ``BatchLedger`` port.
+
+At-most-once application of batches, checkpoints and the edge registry's sync time.
 
 Sequences and checkpoints count per (agent id, incarnation, channel). An
 incarnation is the identity of an edge's local state (``BatchHeader.
@@ -19,20 +21,11 @@ items' own ids, so an item sent by two incarnations is stored once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
-from psycopg import AsyncConnection
-
-from central_svc.batches import Ack, BatchMeta, ItemFailure, advance_checkpoint, make_ack, reused_batch_id
-from central_svc.store.database import Database
-
-Connection = AsyncConnection[tuple[Any, ...]]
-
-ApplyResult = tuple[int, list[ItemFailure], dict[str, object]]
-"""What applying a batch's items returns: how many were applied, the failures, channel-specific extras."""
-
-Apply = Callable[[Connection], Awaitable[ApplyResult]]
+from central_svc.batches import Ack, BatchMeta, advance_checkpoint, make_ack, reused_batch_id
+from central_svc.ports import Apply
+from central_svc.store.database import Connection, Database
 
 _log = logging.getLogger(__name__)
 
@@ -41,7 +34,7 @@ def _shown(incarnation_id: str) -> str:
     return incarnation_id or "(none)"
 
 
-class BatchLedger:
+class PostgresBatchLedger:
     """Runs a batch's item writes and its bookkeeping in one transaction."""
 
     def __init__(self, database: Database) -> None:
@@ -61,13 +54,11 @@ class BatchLedger:
             )
             if await cursor.fetchone() is None:
                 return await self._duplicate(connection, meta)
-            applied, failures, extra = await apply(connection)
+            applied = await apply(connection)
             checkpoint = await self._advance(connection, meta)
             current = await self.touch_edge(connection, meta.agent_id, tenant_id, meta.region, synced=True)
             change = await self._track_incarnation(connection, meta, current)
-            ack = make_ack(meta, applied, failures, checkpoint)
-            if extra:
-                ack = Ack(**{**ack.__dict__, "extra": extra})
+            ack = make_ack(meta, applied.count, applied.failures, checkpoint, applied.results)
             await connection.execute(
                 "UPDATE sync_batches SET ack = %s WHERE batch_id = %s", (ack.to_bytes(), meta.batch_id)
             )

@@ -8,9 +8,9 @@ one round trip, which measured faster than executemany in pipeline mode
 
 from __future__ import annotations
 
+from central_svc.ports import Transaction
 from central_svc.sessions import HeldSession, MergedSession, SessionRecord, StoredSession
-from central_svc.store.database import Database
-from central_svc.store.ledger import Connection
+from central_svc.store.database import Database, connection_of
 
 UPSERT = """
 INSERT INTO session_memory AS s (session_id, tenant_id, agent_id, user_id, data, last_activity, checksum, synced_at)
@@ -55,10 +55,10 @@ class PostgresSessionStore:
         self._database = database
 
     async def upsert(
-        self, connection: Connection, tenant_id: str, agent_id: str, rows: list[SessionRecord]
+        self, transaction: Transaction, tenant_id: str, agent_id: str, rows: list[SessionRecord]
     ) -> set[str]:
         """Upsert ``rows`` in one statement; return the ids actually written."""
-        cursor = await connection.execute(
+        cursor = await connection_of(transaction).execute(
             UPSERT,
             {
                 "tenant": tenant_id,
@@ -72,18 +72,19 @@ class PostgresSessionStore:
         )
         return {str(row[0]) for row in await cursor.fetchall()}
 
-    async def foreign(self, connection: Connection, tenant_id: str, session_ids: list[str]) -> set[str]:
+    async def foreign(self, transaction: Transaction, tenant_id: str, session_ids: list[str]) -> set[str]:
         """Ids among ``session_ids`` owned by another tenant."""
-        cursor = await connection.execute(
+        cursor = await connection_of(transaction).execute(
             "SELECT session_id FROM session_memory WHERE session_id = ANY(%s) AND tenant_id <> %s",
             (session_ids, tenant_id),
         )
         return {str(row[0]) for row in await cursor.fetchall()}
 
     async def lock_for_merge(
-        self, connection: Connection, tenant_id: str, agent_id: str, session_ids: list[str]
+        self, transaction: Transaction, tenant_id: str, agent_id: str, session_ids: list[str]
     ) -> dict[str, HeldSession]:
         """Create missing rows (empty, the caller's tenant), then lock all of them in id order."""
+        connection = connection_of(transaction)
         cursor = await connection.execute(CREATE_MISSING, {"tenant": tenant_id, "agent": agent_id, "ids": session_ids})
         created = {str(row[0]) for row in await cursor.fetchall()}
         cursor = await connection.execute(LOCK, (session_ids,))
@@ -92,9 +93,9 @@ class PostgresSessionStore:
             for sid, tenant, data in await cursor.fetchall()
         }
 
-    async def write_merged(self, connection: Connection, agent_id: str, merged: dict[str, MergedSession]) -> None:
+    async def write_merged(self, transaction: Transaction, agent_id: str, merged: dict[str, MergedSession]) -> None:
         """One UPDATE for every merged session of the batch."""
-        await connection.execute(
+        await connection_of(transaction).execute(
             WRITE_MERGED,
             {
                 "agent": agent_id,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from central_svc.store.database import Database
-from central_svc.store.ledger import Connection
+from central_svc.ports import Transaction
+from central_svc.store.database import Database, connection_of
 from central_svc.vectors import VectorHit, VectorQuery, VectorRecord
 
 _UPSERT = """
@@ -38,7 +38,7 @@ class PgVectorIndex:
         self._ef_search = ef_search
 
     async def upsert(
-        self, tenant_id: str, agent_id: str, rows: list[VectorRecord], *, within: Connection | None = None
+        self, tenant_id: str, agent_id: str, rows: list[VectorRecord], *, within: Transaction | None = None
     ) -> None:
         """Upsert in one statement, inside the ledger's transaction when given.
 
@@ -61,7 +61,7 @@ class PgVectorIndex:
             "times": [r.update_time for r in rows],
         }
         if within is not None:
-            await within.execute(_UPSERT, params)
+            await connection_of(within).execute(_UPSERT, params)
             return
         async with self._database.transaction() as connection:
             await connection.execute(_UPSERT, params)

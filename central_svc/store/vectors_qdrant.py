@@ -74,7 +74,7 @@ from qdrant_client.common.client_exceptions import QdrantException, ResourceExha
 from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
 from aeterna_shared.errors import FailedPrecondition, InvalidArgument, Unavailable
-from central_svc.store.ledger import Connection
+from central_svc.ports import Transaction
 from central_svc.vectors import VectorHit, VectorQuery, VectorRecord, embedding_problem
 
 __all__ = [
@@ -290,7 +290,7 @@ class QdrantVectorIndex:
         )
 
     async def upsert(
-        self, tenant_id: str, agent_id: str, rows: list[VectorRecord], *, within: Connection | None = None
+        self, tenant_id: str, agent_id: str, rows: list[VectorRecord], *, within: Transaction | None = None
     ) -> None:
         """Conditional upserts (newer update_time wins); ``within`` cannot be joined (see the module docstring)."""
         newest: dict[str, VectorRecord] = {}

@@ -1,7 +1,8 @@
 """The gRPC adapter of the ``Central`` port: everything the edge asks of central.
 
-The channel comes from ``aeterna_client.channel.open_central_channel`` (TLS,
-pinning and credentials live there) and every call carries
+The channel comes from ``aeterna_client.channel.open_channel`` with the
+settings ``central_settings(config)`` derives from the sync, tls, edge and
+telemetry sections (TLS, pinning and credentials live there) and every call carries
 ``central_metadata(config)`` and a deadline. Batches are signed here, at send
 time, with a fresh ``sent_time`` on every attempt, so that a batch that waited
 offline for an hour is still inside central's freshness window. Every batch
@@ -26,7 +27,7 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from aeterna_client.channel import central_metadata, open_central_channel
+from aeterna_client.channel import central_metadata, central_settings, open_channel
 from aeterna_security.keys import edge_signing_key
 from aeterna_shared.config import AeternaConfig
 from aeterna_shared.errors import AeternaError, AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
@@ -108,6 +109,8 @@ class GrpcCentral:
         self._config = config
         self._incarnation = incarnation_id
         self._metadata = central_metadata(config)
+        self._target = config.sync.central_server.target
+        self._settings = central_settings(config)
         self._timeout = config.sync.central_server.timeout.total_seconds()
         self._key = edge_signing_key(config)
         self._threshold = config.central_server.health_check.failure_threshold
@@ -116,7 +119,7 @@ class GrpcCentral:
         self._open()
 
     def _open(self) -> None:
-        self._channel: aio.Channel = open_central_channel(self._config)
+        self._channel: aio.Channel = open_channel(self._target, self._settings)
         self._sync = sync_pb2_grpc.SyncServiceStub(self._channel)
         self._policy = policy_pb2_grpc.PolicyServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)

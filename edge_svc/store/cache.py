@@ -220,7 +220,8 @@ class RedisCache:
 
     async def flush_all(self) -> None:
         """FLUSHDB (tests only)."""
-        await self._client.flushdb()
+        async with _mapped("flush"):
+            await self._client.flushdb()
 
     async def close(self) -> None:
         """Close the pool."""

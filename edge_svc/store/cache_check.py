@@ -17,7 +17,8 @@ A server that cannot tell (``CONFIG GET`` refused, renamed or unsupported, as
 on some managed services and some Dragonfly settings) cannot be verified and
 is refused too. ``cache.allowUnsafeCache: true`` starts anyway, with a
 WARNING, for people who accept the risk. Working memory on its own cache
-(``cache.workingUrl``) is not checked: it may evict.
+(``cache.workingUrl``) is not checked: it may evict. A server that cannot be
+reached is ``Unavailable`` (reason ``CACHE_UNAVAILABLE``), never a redis exception.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from aeterna_shared.errors import FailedPrecondition
+from aeterna_shared.errors import FailedPrecondition, Unavailable
 
 _log = logging.getLogger(__name__)
 
@@ -90,24 +93,33 @@ async def session_store_problems(url: str) -> list[CacheProblem]:
     """What is wrong with the cache at ``url`` as a session store (empty: it is safe)."""
     client = aredis.Redis.from_url(url, socket_timeout=10, decode_responses=True)
     try:
-        problems: list[CacheProblem] = []
-        for setting, (accepted, needed, why) in _REQUIRED.items():
-            found = await _config_get(client, setting)
-            if found is None:
-                problems.append(CacheProblem(setting, "unknown (CONFIG GET refused or unsupported)", needed, why))
-            elif found.lower() not in accepted:
-                problems.append(CacheProblem(setting, found, needed, why))
-        fsync = await _config_get(client, "appendfsync")
-        if fsync is not None and fsync.lower() != "always" and not problems:
-            _log.warning(
-                "session store %s has appendfsync %s: a crash of that server can lose up to a second of "
-                "acknowledged session writes (appendfsync always loses none)",
-                redacted(url),
-                fsync,
-            )
-        return problems
+        return await _problems(client, url)
+    except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+        raise Unavailable(
+            f"the session store at cache.url {redacted(url)} cannot be reached: {error}", reason="CACHE_UNAVAILABLE"
+        ) from error
     finally:
         await client.aclose()
+
+
+async def _problems(client: aredis.Redis, url: str) -> list[CacheProblem]:
+    """The settings of the server behind ``client`` that break the guarantee."""
+    problems: list[CacheProblem] = []
+    for setting, (accepted, needed, why) in _REQUIRED.items():
+        found = await _config_get(client, setting)
+        if found is None:
+            problems.append(CacheProblem(setting, "unknown (CONFIG GET refused or unsupported)", needed, why))
+        elif found.lower() not in accepted:
+            problems.append(CacheProblem(setting, found, needed, why))
+    fsync = await _config_get(client, "appendfsync")
+    if fsync is not None and fsync.lower() != "always" and not problems:
+        _log.warning(
+            "session store %s has appendfsync %s: a crash of that server can lose up to a second of "
+            "acknowledged session writes (appendfsync always loses none)",
+            redacted(url),
+            fsync,
+        )
+    return problems
 
 
 async def check_session_store(url: str, *, allow_unsafe: bool) -> None:

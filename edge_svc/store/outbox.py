@@ -14,21 +14,30 @@ row's ``detail``.
 
 All methods are synchronous and guarded by one lock; async callers run them
 with ``asyncio.to_thread`` so that fsyncs never stall the event loop.
+
+Library errors are mapped here, at the adapter: a database SQLite cannot read
+or write now (disk full, locked, read-only, gone) raises the project's own
+``Unavailable`` (reason ``OUTBOX_UNAVAILABLE``) after the transaction was
+rolled back, never an ``sqlite3`` exception. Other SQLite errors (a constraint
+violated) are bugs and stay what they are.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aeterna_shared.errors import Unavailable
+from edge_svc.ports import REFUSED_PREFIX, ChannelStats, DeadLetter, Refusals, RefusedItem
 from edge_svc.records import Channel, JsonDict, OutboxBatch
 
 _log = logging.getLogger(__name__)
@@ -76,46 +85,29 @@ class ChannelLimits:
     ttl_seconds: float
 
 
-@dataclass(frozen=True)
-class RefusedItem:
-    """An item of an acknowledged batch that central refused; it is now in the dead letters."""
-
-    sequence: int
-    batch_id: str
-    item_id: str
-    reason: str
-    message: str
+UNAVAILABLE_MESSAGE = "the edge's outbox cannot be written (disk full or locked); nothing was acknowledged"
+"""What a caller is told when SQLite cannot read or write the outbox now (reason ``OUTBOX_UNAVAILABLE``)."""
 
 
-@dataclass(frozen=True)
-class DeadLetter:
-    """One row of the dead-letter store."""
-
-    sequence: int
-    batch_id: str
-    reason: str
-    detail: str
-    items: list[JsonDict]
-
-
-REFUSED_PREFIX = "refused:"
-"""Dead-letter causes of refusals by central are ``refused:<central's reason>``."""
+@contextlib.contextmanager
+def _mapped(what: str) -> Iterator[None]:
+    """Translate SQLite's operational errors into the project's own (one place, at the adapter)."""
+    try:
+        yield
+    except sqlite3.OperationalError as error:
+        _log.warning("outbox: %s failed: %s", what, error)
+        raise Unavailable(UNAVAILABLE_MESSAGE, reason="OUTBOX_UNAVAILABLE", retry_after=1.0) from error
 
 
-@dataclass(frozen=True)
-class ChannelStats:
-    """What ``GetEdgeStatus`` reports for one channel."""
-
-    channel: Channel
-    pending_items: int
-    pending_batches: int
-    dead_letters: int
-    acked_sequence: int
-    last_sync: float | None
+def _cannot_open(path: Path, error: sqlite3.OperationalError) -> Unavailable:
+    """A database SQLite cannot open or set up (unreadable, read-only directory, locked, disk full)."""
+    return Unavailable(
+        f"the edge's outbox {path} cannot be opened: {error}", reason="OUTBOX_UNAVAILABLE", retry_after=1.0
+    )
 
 
-class Outbox:
-    """SQLite-backed, per-channel ordered queue of batches."""
+class SqliteOutbox:
+    """SQLite-backed, per-channel ordered queue of batches (the ``edge_svc.ports.Outbox`` adapter)."""
 
     def __init__(
         self, path: Path, limits: dict[Channel, ChannelLimits], *, clock: Callable[[], float] = time.time
@@ -125,43 +117,67 @@ class Outbox:
         self._lock = threading.Lock()
         self._limits = limits
         self._clock = clock
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("BEGIN IMMEDIATE")
         try:
-            existing = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'batches'").fetchone()
-            for statement in _SCHEMA.split(";"):  # one transaction (executescript would commit each)
-                if statement.strip():
-                    self._db.execute(statement)
-            for channel in Channel:
-                self._db.execute("INSERT OR IGNORE INTO channels(channel) VALUES (?)", (channel.value,))
-            # A new database gets a new incarnation; one that predates incarnations keeps the empty id.
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta(name, value) VALUES ('incarnation_id', ?)",
-                ("" if existing else str(uuid.uuid4()),),
-            )
-            (incarnation,) = self._db.execute("SELECT value FROM meta WHERE name = 'incarnation_id'").fetchone()
-            self._db.execute("COMMIT")
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        except sqlite3.OperationalError as error:
+            raise _cannot_open(path, error) from error
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            with self._atomic():
+                existing = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'batches'").fetchone()
+                for statement in _SCHEMA.split(";"):  # one transaction (executescript would commit each)
+                    if statement.strip():
+                        self._db.execute(statement)
+                for channel in Channel:
+                    self._db.execute("INSERT OR IGNORE INTO channels(channel) VALUES (?)", (channel.value,))
+                # A new database gets a new incarnation; one that predates incarnations keeps the empty id.
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta(name, value) VALUES ('incarnation_id', ?)",
+                    ("" if existing else str(uuid.uuid4()),),
+                )
+                (incarnation,) = self._db.execute("SELECT value FROM meta WHERE name = 'incarnation_id'").fetchone()
+            self._add_detail_column()
+        except sqlite3.OperationalError as error:
+            self._db.close()
+            raise _cannot_open(path, error) from error
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.close()
             raise
         self.incarnation_id: str = str(incarnation)
         """Identity of this outbox's database (``BatchHeader.incarnation_id``); empty for a pre-incarnation one."""
-        self._add_detail_column()
 
-    def _add_detail_column(self) -> None:
-        """``dead_letters.detail`` (central's message for what it refused), also in outboxes made before it."""
+    @contextlib.contextmanager
+    def _atomic(self) -> Iterator[None]:
+        """One write transaction under the lock: BEGIN IMMEDIATE, the body, COMMIT; rolled back on any error."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                columns = {str(row[1]) for row in self._db.execute("PRAGMA table_info(dead_letters)")}
-                if "detail" not in columns:
-                    self._db.execute("ALTER TABLE dead_letters ADD COLUMN detail TEXT NOT NULL DEFAULT ''")
+                yield
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
+                    self._db.execute("ROLLBACK")
                 raise
+
+    @contextlib.contextmanager
+    def _transaction(self, what: str) -> Iterator[None]:
+        """``_atomic``, with SQLite's operational errors mapped to ``Unavailable``."""
+        with _mapped(what), self._atomic():
+            yield
+
+    @contextlib.contextmanager
+    def _reading(self, what: str) -> Iterator[None]:
+        """Reads under the lock (each statement sees one committed state)."""
+        with self._lock, _mapped(what):
+            yield
+
+    def _add_detail_column(self) -> None:
+        """``dead_letters.detail`` (central's message for what it refused), also in outboxes made before it."""
+        with self._atomic():
+            columns = {str(row[1]) for row in self._db.execute("PRAGMA table_info(dead_letters)")}
+            if "detail" not in columns:
+                self._db.execute("ALTER TABLE dead_letters ADD COLUMN detail TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         """Close the database (everything committed is already on disk)."""
@@ -173,30 +189,22 @@ class Outbox:
         payload = json.dumps(list(items), separators=(",", ":")).encode()
         batch_id = str(uuid.uuid4())
         created = self._clock()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                (sequence,) = self._db.execute(
-                    "SELECT next_sequence FROM channels WHERE channel = ?", (channel.value,)
-                ).fetchone()
-                self._db.execute(
-                    "INSERT INTO batches(channel, sequence, batch_id, created, item_count, payload) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (channel.value, sequence, batch_id, created, len(items), payload),
-                )
-                self._db.execute(
-                    "UPDATE channels SET next_sequence = ? WHERE channel = ?", (sequence + 1, channel.value)
-                )
-                self._enforce_size(channel)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction("enqueue"):
+            (sequence,) = self._db.execute(
+                "SELECT next_sequence FROM channels WHERE channel = ?", (channel.value,)
+            ).fetchone()
+            self._db.execute(
+                "INSERT INTO batches(channel, sequence, batch_id, created, item_count, payload) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (channel.value, sequence, batch_id, created, len(items), payload),
+            )
+            self._db.execute("UPDATE channels SET next_sequence = ? WHERE channel = ?", (sequence + 1, channel.value))
+            self._enforce_size(channel)
         return OutboxBatch(channel, int(sequence), batch_id, created, list(items))
 
     def pending(self, channel: Channel, limit: int) -> list[OutboxBatch]:
         """The oldest ``limit`` batches of ``channel``, in sequence order."""
-        with self._lock:
+        with self._reading("pending"):
             rows = self._db.execute(
                 "SELECT sequence, batch_id, created, payload FROM batches WHERE channel = ? ORDER BY sequence LIMIT ?",
                 (channel.value, limit),
@@ -207,7 +215,7 @@ class Outbox:
 
     def contains(self, channel: Channel, sequence: int) -> bool:
         """True while the batch is still queued."""
-        with self._lock:
+        with self._reading("contains"):
             row = self._db.execute(
                 "SELECT 1 FROM batches WHERE channel = ? AND sequence = ?", (channel.value, sequence)
             ).fetchone()
@@ -219,11 +227,7 @@ class Outbox:
         return removed
 
     def ack_refusing(
-        self,
-        channel: Channel,
-        sequences: Sequence[int],
-        checkpoint: int = 0,
-        refused: Mapping[int, Sequence[tuple[str, str, str]]] | None = None,
+        self, channel: Channel, sequences: Sequence[int], checkpoint: int = 0, refused: Refusals | None = None
     ) -> tuple[int, list[RefusedItem]]:
         """``ack``, moving the items central refused to the dead letters in the same transaction.
 
@@ -233,35 +237,29 @@ class Outbox:
         """
         now = self._clock()
         moved: list[RefusedItem] = []
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                removed = 0
-                for sequence in sequences:
-                    row = self._db.execute(
-                        "DELETE FROM batches WHERE channel = ? AND sequence = ? "
-                        "RETURNING item_count, batch_id, created, payload",
-                        (channel.value, sequence),
-                    ).fetchone()
-                    removed += int(row[0]) if row else 0
-                    failures = (refused or {}).get(sequence)
-                    if row and failures:
-                        moved += self._dead_letter_items(channel, sequence, row, failures)
-                if checkpoint:
-                    rows = self._db.execute(
-                        "DELETE FROM batches WHERE channel = ? AND sequence <= ? RETURNING item_count",
-                        (channel.value, checkpoint),
-                    ).fetchall()
-                    removed += sum(int(r[0]) for r in rows)
-                top = max([*sequences, checkpoint])
-                self._db.execute(
-                    "UPDATE channels SET acked_sequence = MAX(acked_sequence, ?), last_sync = ? WHERE channel = ?",
-                    (top, now, channel.value),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction("ack_refusing"):
+            removed = 0
+            for sequence in sequences:
+                row = self._db.execute(
+                    "DELETE FROM batches WHERE channel = ? AND sequence = ? "
+                    "RETURNING item_count, batch_id, created, payload",
+                    (channel.value, sequence),
+                ).fetchone()
+                removed += int(row[0]) if row else 0
+                failures = (refused or {}).get(sequence)
+                if row and failures:
+                    moved += self._dead_letter_items(channel, sequence, row, failures)
+            if checkpoint:
+                rows = self._db.execute(
+                    "DELETE FROM batches WHERE channel = ? AND sequence <= ? RETURNING item_count",
+                    (channel.value, checkpoint),
+                ).fetchall()
+                removed += sum(int(r[0]) for r in rows)
+            top = max([*sequences, checkpoint])
+            self._db.execute(
+                "UPDATE channels SET acked_sequence = MAX(acked_sequence, ?), last_sync = ? WHERE channel = ?",
+                (top, now, channel.value),
+            )
         return removed, moved
 
     def _dead_letter_items(
@@ -304,52 +302,33 @@ class Outbox:
 
     def discard(self, channel: Channel, sequence: int, reason: str, detail: str = "") -> int:
         """Move one batch to the dead-letter table (a batch central refused); returns the items moved."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                moved = self._dead_letter(channel, "sequence = ?", (sequence,), reason, detail)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return moved
+        with self._transaction("discard"):
+            return self._dead_letter(channel, "sequence = ?", (sequence,), reason, detail)
 
     def bury(self, channel: Channel, items: Sequence[JsonDict], reason: str) -> int:
         """Put items that never made it into a batch straight into the dead-letter table; returns how many."""
         if not items:
             return 0
         now = self._clock()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    "INSERT INTO dead_letters(channel, sequence, batch_id, reason, created, moved, item_count,"
-                    " payload) VALUES (?, 0, '', ?, ?, ?, ?, ?)",
-                    (channel.value, reason, now, now, len(items), json.dumps(list(items)).encode()),
-                )
-                self._db.execute(
-                    "UPDATE channels SET dead_letters = dead_letters + ? WHERE channel = ?", (len(items), channel.value)
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction("bury"):
+            self._db.execute(
+                "INSERT INTO dead_letters(channel, sequence, batch_id, reason, created, moved, item_count,"
+                " payload) VALUES (?, 0, '', ?, ?, ?, ?, ?)",
+                (channel.value, reason, now, now, len(items), json.dumps(list(items)).encode()),
+            )
+            self._db.execute(
+                "UPDATE channels SET dead_letters = dead_letters + ? WHERE channel = ?", (len(items), channel.value)
+            )
         _log.warning("outbox: %d %s items moved to dead letters: %s", len(items), channel.value, reason)
         return len(items)
 
     def expire(self) -> int:
         """Move batches older than their channel's TTL to the dead-letter table; returns items moved."""
         moved = 0
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for channel, limits in self._limits.items():
-                    cutoff = self._clock() - limits.ttl_seconds
-                    moved += self._dead_letter(channel, "created < ?", (cutoff,), "expired")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction("expire"):
+            for channel, limits in self._limits.items():
+                cutoff = self._clock() - limits.ttl_seconds
+                moved += self._dead_letter(channel, "created < ?", (cutoff,), "expired")
         return moved
 
     def _enforce_size(self, channel: Channel) -> None:
@@ -396,7 +375,7 @@ class Outbox:
 
     def stats(self) -> list[ChannelStats]:
         """Depth, dead letters and last sync of every channel."""
-        with self._lock:
+        with self._reading("stats"):
             rows = self._db.execute(
                 "SELECT c.channel, COALESCE(SUM(b.item_count), 0), COUNT(b.sequence), c.dead_letters, "
                 "c.acked_sequence, c.last_sync FROM channels c LEFT JOIN batches b ON b.channel = c.channel "
@@ -417,37 +396,31 @@ class Outbox:
         """
         where, params = ("WHERE channel = ?", (channel.value,)) if channel else ("", ())
         requeued = 0
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = self._db.execute(
-                    f"SELECT id, channel, item_count, payload FROM dead_letters {where} ORDER BY id", params
-                ).fetchall()
-                for row_id, name, count, payload in rows:
-                    (sequence,) = self._db.execute(
-                        "SELECT next_sequence FROM channels WHERE channel = ?", (name,)
-                    ).fetchone()
-                    self._db.execute(
-                        "INSERT INTO batches(channel, sequence, batch_id, created, item_count, payload) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        (name, sequence, str(uuid.uuid4()), self._clock(), count, payload),
-                    )
-                    self._db.execute("UPDATE channels SET next_sequence = ? WHERE channel = ?", (sequence + 1, name))
-                    self._db.execute("DELETE FROM dead_letters WHERE id = ?", (row_id,))
-                    requeued += int(count)
-                for name in {row[1] for row in rows}:
-                    self._enforce_size(Channel(name))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction("requeue_dead_letters"):
+            rows = self._db.execute(
+                f"SELECT id, channel, item_count, payload FROM dead_letters {where} ORDER BY id", params
+            ).fetchall()
+            for row_id, name, count, payload in rows:
+                (sequence,) = self._db.execute(
+                    "SELECT next_sequence FROM channels WHERE channel = ?", (name,)
+                ).fetchone()
+                self._db.execute(
+                    "INSERT INTO batches(channel, sequence, batch_id, created, item_count, payload) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, sequence, str(uuid.uuid4()), self._clock(), count, payload),
+                )
+                self._db.execute("UPDATE channels SET next_sequence = ? WHERE channel = ?", (sequence + 1, name))
+                self._db.execute("DELETE FROM dead_letters WHERE id = ?", (row_id,))
+                requeued += int(count)
+            for name in {row[1] for row in rows}:
+                self._enforce_size(Channel(name))
         if requeued:
             _log.warning("outbox: %d dead-lettered items requeued by an operator", requeued)
         return requeued
 
     def dead_letter_counts(self) -> list[tuple[Channel, str, int]]:
         """(channel, cause, items) over the whole dead-letter store, for metrics."""
-        with self._lock:
+        with self._reading("dead_letter_counts"):
             rows = self._db.execute(
                 "SELECT channel, reason, SUM(item_count) FROM dead_letters GROUP BY channel, reason"
             ).fetchall()
@@ -455,7 +428,7 @@ class Outbox:
 
     def dead_letters(self, channel: Channel) -> list[tuple[int, str, str, int]]:
         """(sequence, batch_id, reason, item_count) of the channel's dead letters, oldest first."""
-        with self._lock:
+        with self._reading("dead_letters"):
             rows = self._db.execute(
                 "SELECT sequence, batch_id, reason, item_count FROM dead_letters WHERE channel = ? ORDER BY id",
                 (channel.value,),
@@ -465,10 +438,21 @@ class Outbox:
     def dead_letter_rows(self, channel: Channel, batch_id: str | None = None) -> list[DeadLetter]:
         """The channel's dead letters (of one batch, when given) with their items and central's message."""
         where, params = ("AND batch_id = ?", (batch_id,)) if batch_id is not None else ("", ())
-        with self._lock:
+        with self._reading("dead_letter_rows"):
             rows = self._db.execute(
                 f"SELECT sequence, batch_id, reason, detail, payload FROM dead_letters WHERE channel = ? {where}"
                 " ORDER BY id",
                 (channel.value, *params),
             ).fetchall()
         return [DeadLetter(int(q), str(b), str(r), str(d), list(json.loads(p))) for q, b, r, d, p in rows]
+
+
+__all__ = [
+    "REFUSED_PREFIX",
+    "UNAVAILABLE_MESSAGE",
+    "ChannelLimits",
+    "ChannelStats",
+    "DeadLetter",
+    "RefusedItem",
+    "SqliteOutbox",
+]

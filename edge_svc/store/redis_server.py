@@ -6,7 +6,7 @@ directory (no port to collide with; the directory is 0700 and the socket
 0700, so other local users cannot reach it), or on a free loopback port when
 the socket path would exceed the kernel's limit.
 
-The edge runs two of them, one per role (see ``edge_svc.__main__``):
+The edge runs two of them, one per role (see ``edge_svc.deps``):
 
 * the **session store** (``durable=True``, ``volatile-lru``): session memory
   is acknowledged to agents as soon as Redis has it, and only moves into the

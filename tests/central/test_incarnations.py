@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -18,8 +18,8 @@ from grpc_status import rpc_status
 
 from aeterna_shared.wire.canonical import sign_batch
 from central_svc.batches import AckStatus, BatchMeta, Channel
+from central_svc.ports import Applied, Apply, BatchLedger, Transaction
 from central_svc.store.embedded_postgres import EmbeddedPostgres
-from central_svc.store.ledger import ApplyResult, BatchLedger, Connection
 from central_svc.store.migrate import upgrade
 from central_svc.store.urls import psycopg_conninfo
 from tests.central.conftest import Central, Edge, make_session, now_stamp
@@ -58,10 +58,10 @@ async def test_ledger_same_sequence_under_two_incarnations_is_applied_twice(cent
     ledger: BatchLedger = central.deps.ledger
     applied: list[str] = []
 
-    def applying(name: str) -> Callable[[Connection], Awaitable[ApplyResult]]:
-        async def apply(connection: Connection) -> ApplyResult:
+    def applying(name: str) -> Apply:
+        async def apply(transaction: Transaction) -> Applied:
             applied.append(name)
-            return 1, [], {}
+            return Applied(1)
 
         return apply
 

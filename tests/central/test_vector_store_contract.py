@@ -28,6 +28,7 @@ from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from aeterna_shared.errors import AeternaError, FailedPrecondition, InvalidArgument, Unavailable
+from central_svc.ports import VectorIndex
 from central_svc.store.database import Database
 from central_svc.store.vectors_pgvector import PgVectorIndex
 from central_svc.store.vectors_qdrant import (
@@ -36,7 +37,7 @@ from central_svc.store.vectors_qdrant import (
     server_supports_conditional_upsert,
     translated_errors,
 )
-from central_svc.vectors import VectorHit, VectorIndex, VectorQuery, VectorRecord
+from central_svc.vectors import VectorHit, VectorQuery, VectorRecord
 from tests.support.postgres import TEST_VECTOR_DIMENSION
 
 DIM = TEST_VECTOR_DIMENSION

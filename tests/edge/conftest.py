@@ -12,7 +12,7 @@ from aeterna.edge.v1 import edge_pb2_grpc
 from grpc import aio
 
 from aeterna_shared.config import AeternaConfig
-from edge_svc.__main__ import Resources, open_edge
+from edge_svc.deps import EdgeDeps, open_edge
 from edge_svc.server import EdgeServer, create_server
 
 DIMENSION = 8
@@ -54,7 +54,7 @@ def edge_document(data_dir: Path, central_port: int, **overrides: Any) -> dict[s
 
 
 @pytest.fixture
-async def offline_edge(tmp_path: Path, redis_url: str) -> AsyncIterator[Resources]:
+async def offline_edge(tmp_path: Path, redis_url: str) -> AsyncIterator[EdgeDeps]:
     """An edge node built in-process on real Redis, SQLite, Qdrant Edge and cedarpy, with no central."""
     document = edge_document(tmp_path / "edge", closed_port())
     document["cache"] = {"url": redis_url}
@@ -69,7 +69,7 @@ async def offline_edge(tmp_path: Path, redis_url: str) -> AsyncIterator[Resource
 
 
 @pytest.fixture
-async def edge_stub(offline_edge: Resources) -> AsyncIterator[edge_pb2_grpc.EdgeServiceStub]:
+async def edge_stub(offline_edge: EdgeDeps) -> AsyncIterator[edge_pb2_grpc.EdgeServiceStub]:
     """A client of the in-process edge's gRPC server (bound to port 0)."""
     server: EdgeServer
     server, port = create_server(offline_edge.node.config, offline_edge.node)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from edge_svc.records import Channel
-from edge_svc.store.outbox import ChannelLimits, Outbox
+from edge_svc.store.outbox import ChannelLimits, SqliteOutbox
 from tests.support.services import write_config
 
 
@@ -25,7 +25,7 @@ def test_list_and_requeue_dead_letters(tmp_path: Path) -> None:
     data_dir = tmp_path / "edge"
     data_dir.mkdir()
     limits = {channel: ChannelLimits(max_items=3, ttl_seconds=3600) for channel in Channel}
-    outbox = Outbox(data_dir / "outbox.sqlite3", limits)
+    outbox = SqliteOutbox(data_dir / "outbox.sqlite3", limits)
     for index in range(5):
         outbox.enqueue(Channel.DECISIONS, [{"id": f"d{index}"}])
     assert sum(stats.pending_items for stats in outbox.stats()) == 3
@@ -47,7 +47,7 @@ def test_list_and_requeue_dead_letters(tmp_path: Path) -> None:
     assert "requeued 2 item(s)" in requeued.stdout
     assert "no dead letters" in _cli("list", "--config", str(config)).stdout
 
-    outbox = Outbox(data_dir / "outbox.sqlite3", limits)
+    outbox = SqliteOutbox(data_dir / "outbox.sqlite3", limits)
     try:
         ids = [item["id"] for batch in outbox.pending(Channel.DECISIONS, 10) for item in batch.items]
     finally:

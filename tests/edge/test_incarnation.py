@@ -8,10 +8,10 @@ from pathlib import Path
 
 from aeterna.edge.v1 import edge_pb2, edge_pb2_grpc
 
-from edge_svc.__main__ import Resources
-from edge_svc.cli import render_status
+from aeterna_cli.status import render_status
+from edge_svc.deps import EdgeDeps
 from edge_svc.records import Channel
-from edge_svc.store.outbox import ChannelLimits, Outbox
+from edge_svc.store.outbox import ChannelLimits, SqliteOutbox
 
 LIMITS = {c: ChannelLimits(100, 3600) for c in Channel}
 
@@ -26,16 +26,16 @@ INSERT INTO channels(channel, next_sequence, acked_sequence) VALUES ('decisions'
 
 
 def test_a_new_outbox_makes_an_incarnation_and_keeps_it(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "outbox.sqlite3", LIMITS)
+    outbox = SqliteOutbox(tmp_path / "outbox.sqlite3", LIMITS)
     incarnation = outbox.incarnation_id
     assert str(uuid.UUID(incarnation)) == incarnation
     outbox.enqueue(Channel.DECISIONS, [{"id": "a"}])
     outbox.close()
-    reopened = Outbox(tmp_path / "outbox.sqlite3", LIMITS)
+    reopened = SqliteOutbox(tmp_path / "outbox.sqlite3", LIMITS)
     assert reopened.incarnation_id == incarnation
     reopened.close()
     # An empty data directory is a new incarnation, whose sequences start at 1 again.
-    fresh = Outbox(tmp_path / "again" / "outbox.sqlite3", LIMITS)
+    fresh = SqliteOutbox(tmp_path / "again" / "outbox.sqlite3", LIMITS)
     assert fresh.incarnation_id not in ("", incarnation)
     assert fresh.enqueue(Channel.DECISIONS, [{"id": "b"}]).sequence == 1
     fresh.close()
@@ -47,14 +47,14 @@ def test_an_outbox_from_before_incarnations_keeps_the_empty_one(tmp_path: Path) 
     with sqlite3.connect(path) as db:
         db.executescript(_PRE_INCARNATION_SCHEMA)
     db.close()
-    outbox = Outbox(path, LIMITS)
+    outbox = SqliteOutbox(path, LIMITS)
     assert outbox.incarnation_id == ""
     assert outbox.enqueue(Channel.DECISIONS, [{"id": "a"}]).sequence == 904
     outbox.close()
-    assert Outbox(path, LIMITS).incarnation_id == ""
+    assert SqliteOutbox(path, LIMITS).incarnation_id == ""
 
 
-async def test_status_shows_the_incarnation(offline_edge: Resources, edge_stub: edge_pb2_grpc.EdgeServiceStub) -> None:
+async def test_status_shows_the_incarnation(offline_edge: EdgeDeps, edge_stub: edge_pb2_grpc.EdgeServiceStub) -> None:
     reply = await edge_stub.GetEdgeStatus(edge_pb2.GetEdgeStatusRequest())
     assert reply.incarnation_id == offline_edge.node.outbox.incarnation_id != ""
     table = render_status({"agentId": reply.agent_id, "incarnationId": reply.incarnation_id})

@@ -17,12 +17,12 @@ from google.protobuf import struct_pb2
 from grpc import aio
 
 from aeterna_shared.errors import InvalidArgument
-from edge_svc.__main__ import Resources
+from edge_svc.deps import EdgeDeps
 from edge_svc.memory import WorkingMemory, session_key
 from edge_svc.policy import NO_BUNDLE_ERROR, CedarAgent
 from edge_svc.records import Channel, Message, PolicyBundleRecord, SessionChange, SessionRecord, VectorRecord, now_ns
 from edge_svc.store.bundle_file import BundleFile
-from edge_svc.store.outbox import ChannelLimits, Outbox
+from edge_svc.store.outbox import ChannelLimits, SqliteOutbox
 from tests.edge.conftest import BUNDLE_POLICY, DIMENSION
 
 TENANT = "default"
@@ -32,7 +32,7 @@ def bundle(version: int, text: str = BUNDLE_POLICY) -> PolicyBundleRecord:
     return PolicyBundleRecord(version=version, policies=(("approve.cedar", text),))
 
 
-async def test_working_memory_round_trip_and_expiry(offline_edge: Resources) -> None:
+async def test_working_memory_round_trip_and_expiry(offline_edge: EdgeDeps) -> None:
     working = offline_edge.node.working
     await working.set(TENANT, "k", {"a": [1, 2]}, None)
     assert await working.get(TENANT, "k") == (True, {"a": [1, 2]})
@@ -47,7 +47,7 @@ async def test_working_memory_round_trip_and_expiry(offline_edge: Resources) -> 
     assert not found
 
 
-async def test_session_collector_moves_dirty_sessions_into_the_outbox(offline_edge: Resources) -> None:
+async def test_session_collector_moves_dirty_sessions_into_the_outbox(offline_edge: EdgeDeps) -> None:
     node = offline_edge.node
     for index in range(3):
         await node.sessions.put(TENANT, SessionRecord(f"s{index}", "u", [Message("user", f"hi {index}")]))
@@ -60,7 +60,7 @@ async def test_session_collector_moves_dirty_sessions_into_the_outbox(offline_ed
     assert batch.sequence == 1
 
 
-async def test_a_write_during_collection_stays_dirty(offline_edge: Resources) -> None:
+async def test_a_write_during_collection_stays_dirty(offline_edge: EdgeDeps) -> None:
     sessions = offline_edge.node.sessions
     await sessions.put(TENANT, SessionRecord("s", "u"))
     read = await sessions.dirty(TENANT, 10)
@@ -69,7 +69,7 @@ async def test_a_write_during_collection_stays_dirty(offline_edge: Resources) ->
     assert await sessions.dirty_count(TENANT) == 1
 
 
-async def test_a_dirty_session_the_store_lost_is_a_counted_dead_letter(offline_edge: Resources, redis_url: str) -> None:
+async def test_a_dirty_session_the_store_lost_is_a_counted_dead_letter(offline_edge: EdgeDeps, redis_url: str) -> None:
     """Cannot happen with a store that keeps what it took; when it does (a store restarted without its
     file, a key deleted by hand) the loss is counted and kept as a dead letter, not only logged."""
     node = offline_edge.node
@@ -83,15 +83,13 @@ async def test_a_dirty_session_the_store_lost_is_a_counted_dead_letter(offline_e
     assert await node.sync.collect_sessions() == 1
     stats = {s.channel: s for s in node.outbox.stats()}
     assert stats[Channel.SESSIONS].dead_letters == 1
-    assert [reason for _, _, reason, _ in node.outbox.dead_letters(Channel.SESSIONS)] == [
+    assert [reason for _, _, reason, _ in offline_edge.local.outbox.dead_letters(Channel.SESSIONS)] == [
         "session missing from the session store"
     ]
     assert await node.sessions.dirty_count(TENANT) == 0
 
 
-async def test_unsynced_sessions_keep_no_ttl_until_central_acknowledged(
-    offline_edge: Resources, redis_url: str
-) -> None:
+async def test_unsynced_sessions_keep_no_ttl_until_central_acknowledged(offline_edge: EdgeDeps, redis_url: str) -> None:
     node = offline_edge.node
     await node.sessions.put(TENANT, SessionRecord("s", "u", [Message("user", "a")]))
     await node.sync.collect_sessions()
@@ -108,7 +106,7 @@ async def test_unsynced_sessions_keep_no_ttl_until_central_acknowledged(
         client.close()
 
 
-async def test_working_memory_ttl_beyond_the_spec_range_is_refused_or_capped(offline_edge: Resources) -> None:
+async def test_working_memory_ttl_beyond_the_spec_range_is_refused_or_capped(offline_edge: EdgeDeps) -> None:
     working = offline_edge.node.working
     assert working.max_ttl == timedelta(seconds=5)
     with pytest.raises(InvalidArgument) as refused:
@@ -122,11 +120,11 @@ async def test_working_memory_ttl_beyond_the_spec_range_is_refused_or_capped(off
 
 def test_outbox_survives_reopen_and_keeps_sequences(tmp_path: Path) -> None:
     limits = {c: ChannelLimits(100, 3600) for c in Channel}
-    outbox = Outbox(tmp_path / "o.db", limits)
+    outbox = SqliteOutbox(tmp_path / "o.db", limits)
     first = outbox.enqueue(Channel.DECISIONS, [{"id": "a"}])
     outbox.enqueue(Channel.DECISIONS, [{"id": "b"}])
     outbox.close()
-    reopened = Outbox(tmp_path / "o.db", limits)
+    reopened = SqliteOutbox(tmp_path / "o.db", limits)
     assert [b.items[0]["id"] for b in reopened.pending(Channel.DECISIONS, 10)] == ["a", "b"]
     assert reopened.enqueue(Channel.DECISIONS, [{"id": "c"}]).sequence == 3
     assert reopened.ack(Channel.DECISIONS, [first.sequence]) == 1
@@ -139,7 +137,7 @@ def test_outbox_survives_reopen_and_keeps_sequences(tmp_path: Path) -> None:
 def test_outbox_overflow_and_expiry_go_to_dead_letters(tmp_path: Path) -> None:
     limits = {c: ChannelLimits(3, 3600) for c in Channel}
     limits[Channel.EPISODES] = ChannelLimits(100, 0)
-    outbox = Outbox(tmp_path / "o.db", limits)
+    outbox = SqliteOutbox(tmp_path / "o.db", limits)
     for index in range(5):
         outbox.enqueue(Channel.SESSIONS, [{"id": index}])
     assert [b.items[0]["id"] for b in outbox.pending(Channel.SESSIONS, 10)] == [2, 3, 4]
@@ -152,7 +150,7 @@ def test_outbox_overflow_and_expiry_go_to_dead_letters(tmp_path: Path) -> None:
     assert outbox.dead_letters(Channel.EPISODES)[0][2] == "expired"
 
 
-async def test_cedar_agent_denies_without_bundle_then_decides_and_persists(offline_edge: Resources) -> None:
+async def test_cedar_agent_denies_without_bundle_then_decides_and_persists(offline_edge: EdgeDeps) -> None:
     node = offline_edge.node
     verdict = await node.agent.authorize('User::"alice"', 'Action::"approve"', 'Doc::"d"', {}, "")
     assert not verdict.allowed
@@ -178,7 +176,7 @@ async def test_cedar_agent_denies_without_bundle_then_decides_and_persists(offli
     assert (await fresh.authorize('User::"alice"', 'Action::"approve"', 'Doc::"d"', {}, "")).allowed
 
 
-async def test_vectors_local_search_offline_is_partial(offline_edge: Resources) -> None:
+async def test_vectors_local_search_offline_is_partial(offline_edge: EdgeDeps) -> None:
     vectors = offline_edge.node.vectors
     records = [VectorRecord(f"v{i}", [float(i == j) + 0.01 for j in range(DIMENSION)]) for i in range(DIMENSION)]
     assert await vectors.upsert(TENANT, records) == DIMENSION
@@ -267,7 +265,7 @@ async def test_grpc_surface_offline(edge_stub: edge_pb2_grpc.EdgeServiceStub) ->
 
 
 async def test_numbers_in_an_authorize_context_reach_cedar_as_integers(
-    offline_edge: Resources, edge_stub: edge_pb2_grpc.EdgeServiceStub
+    offline_edge: EdgeDeps, edge_stub: edge_pb2_grpc.EdgeServiceStub
 ) -> None:
     """Struct carries numbers as doubles; Cedar compares Longs. A whole number must decide like an int."""
     assert offline_edge.node.agent.apply(bundle(1))

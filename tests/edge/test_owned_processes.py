@@ -32,7 +32,7 @@ from aeterna_shared.config import AeternaConfig
 from aeterna_shared.errors import FailedPrecondition
 from aeterna_shared.process_lock import DataDirLock
 from central_svc.store.embedded_postgres import EmbeddedPostgres
-from edge_svc.__main__ import open_edge
+from edge_svc.deps import open_edge
 from edge_svc.records import Message, SessionRecord
 from edge_svc.store.redis_server import PID_FILE_NAME, OwnedRedis
 from tests.central.conftest import Edge as SyncingEdge

@@ -25,10 +25,10 @@ from grpc_status import rpc_status
 
 from aeterna_shared import limits
 from aeterna_shared.config import AeternaConfig
-from edge_svc.__main__ import Resources, open_edge
+from edge_svc.deps import EdgeDeps, open_edge
 from edge_svc.records import Channel
 from edge_svc.server import create_server
-from edge_svc.store.outbox import REFUSED_PREFIX, ChannelLimits, Outbox
+from edge_svc.store.outbox import REFUSED_PREFIX, ChannelLimits, SqliteOutbox
 from tests.edge.conftest import DIMENSION, closed_port, edge_document
 
 
@@ -55,7 +55,7 @@ async def refused(call: Any) -> tuple[str, str, str]:
     return bad_request(caught.value)
 
 
-def queued(resources: Resources) -> dict[Channel, int]:
+def queued(resources: EdgeDeps) -> dict[Channel, int]:
     return {s.channel: s.pending_items for s in resources.node.outbox.stats()}
 
 
@@ -67,7 +67,7 @@ def vector(vector_id: str, values: list[float] | None = None, **payload: Any) ->
 
 
 async def test_authorize_refuses_what_central_cannot_store(
-    offline_edge: Resources, edge_stub: edge_pb2_grpc.EdgeServiceStub
+    offline_edge: EdgeDeps, edge_stub: edge_pb2_grpc.EdgeServiceStub
 ) -> None:
     def authorize(**fields: Any) -> Any:
         request = edge_pb2.AuthorizeRequest(principal='User::"a"', action='Action::"read"', resource='Doc::"d"')
@@ -99,7 +99,7 @@ async def test_authorize_refuses_what_central_cannot_store(
 
 
 async def test_episodes_vectors_and_sessions_refuse_what_central_cannot_store(
-    offline_edge: Resources, edge_stub: edge_pb2_grpc.EdgeServiceStub
+    offline_edge: EdgeDeps, edge_stub: edge_pb2_grpc.EdgeServiceStub
 ) -> None:
     def episode(**fields: Any) -> Any:
         return edge_stub.AppendEpisode(edge_pb2.AppendEpisodeRequest(episode=memory_pb2.Episode(**fields)), timeout=10)
@@ -167,7 +167,7 @@ async def test_an_item_no_batch_could_carry_is_refused(small_batch_stub: edge_pb
 
 
 def test_refused_items_move_to_the_dead_letters_with_the_ack(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "o.db", {c: ChannelLimits(100, 3600) for c in Channel})
+    outbox = SqliteOutbox(tmp_path / "o.db", {c: ChannelLimits(100, 3600) for c in Channel})
     first = outbox.enqueue(Channel.DECISIONS, [{"id": "a"}, {"id": "b"}, {"id": "c"}])
     second = outbox.enqueue(Channel.DECISIONS, [{"id": "d"}])
     removed, moved = outbox.ack_refusing(
@@ -193,7 +193,7 @@ def test_refused_items_move_to_the_dead_letters_with_the_ack(tmp_path: Path) -> 
 
 def test_an_outbox_from_before_the_detail_column_is_upgraded(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    Outbox(path, {c: ChannelLimits(100, 3600) for c in Channel}).close()
+    SqliteOutbox(path, {c: ChannelLimits(100, 3600) for c in Channel}).close()
     with sqlite3.connect(path) as db:  # what an outbox made by an older edge looks like
         db.execute("ALTER TABLE dead_letters DROP COLUMN detail")
         db.execute(
@@ -201,7 +201,7 @@ def test_an_outbox_from_before_the_detail_column_is_upgraded(tmp_path: Path) -> 
             " VALUES ('decisions', 1, 'b1', 'expired', 0, 0, 1, ?)",
             (json.dumps([{"id": "x"}]).encode(),),
         )
-    outbox = Outbox(path, {c: ChannelLimits(100, 3600) for c in Channel})
+    outbox = SqliteOutbox(path, {c: ChannelLimits(100, 3600) for c in Channel})
     [row] = outbox.dead_letter_rows(Channel.DECISIONS)
     assert (row.reason, row.detail) == ("expired", "")
     outbox.close()

@@ -19,7 +19,7 @@ from aeterna_shared.errors import InvalidArgument, Unavailable
 from edge_svc import sync as sync_module
 from edge_svc.link import LinkMonitor
 from edge_svc.records import Ack, Channel, OutboxBatch
-from edge_svc.store.outbox import REFUSED_PREFIX, ChannelLimits, Outbox
+from edge_svc.store.outbox import REFUSED_PREFIX, ChannelLimits, SqliteOutbox
 from edge_svc.sync import DEGRADED_AFTER_ROUNDS, STUCK_AFTER_SECONDS, SyncEngine
 from tests.edge.conftest import closed_port, edge_document
 
@@ -59,7 +59,7 @@ class ScriptedCentral:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> tuple[SyncEngine, Outbox, ScriptedCentral]:
+def engine(tmp_path: Path) -> tuple[SyncEngine, SqliteOutbox, ScriptedCentral]:
     config = AeternaConfig.model_validate(
         edge_document(
             tmp_path / "edge",
@@ -71,7 +71,7 @@ def engine(tmp_path: Path) -> tuple[SyncEngine, Outbox, ScriptedCentral]:
             },
         )
     )
-    outbox = Outbox(tmp_path / "outbox.db", {c: ChannelLimits(1000, 3600) for c in Channel})
+    outbox = SqliteOutbox(tmp_path / "outbox.db", {c: ChannelLimits(1000, 3600) for c in Channel})
     central = ScriptedCentral()
     link = LinkMonitor(config, lambda _: None)  # type: ignore[arg-type, return-value]
     link.state.online = True  # set directly: no reconnect drain racing the test
@@ -80,7 +80,7 @@ def engine(tmp_path: Path) -> tuple[SyncEngine, Outbox, ScriptedCentral]:
 
 
 async def test_a_batch_refused_as_a_whole_moves_to_the_dead_letters_after_the_retries(
-    engine: tuple[SyncEngine, Outbox, ScriptedCentral],
+    engine: tuple[SyncEngine, SqliteOutbox, ScriptedCentral],
 ) -> None:
     sync, outbox, central = engine
     bad = outbox.enqueue(Channel.DECISIONS, [{"id": "d1"}, {"id": "d2"}])
@@ -98,7 +98,9 @@ async def test_a_batch_refused_as_a_whole_moves_to_the_dead_letters_after_the_re
     assert good.sequence == 2
 
 
-async def test_refusals_of_one_batch_count_across_rounds(engine: tuple[SyncEngine, Outbox, ScriptedCentral]) -> None:
+async def test_refusals_of_one_batch_count_across_rounds(
+    engine: tuple[SyncEngine, SqliteOutbox, ScriptedCentral],
+) -> None:
     """Other errors in between (a stream's client-side INTERNAL, a restart) do not reset the count, and
     neither does the end of a round: a batch central keeps refusing cannot block its channel for ever."""
     sync, outbox, central = engine
@@ -114,7 +116,9 @@ async def test_refusals_of_one_batch_count_across_rounds(engine: tuple[SyncEngin
     assert outbox.pending(Channel.EPISODES, 10) == []
 
 
-async def test_item_failures_in_an_ack_are_dead_lettered(engine: tuple[SyncEngine, Outbox, ScriptedCentral]) -> None:
+async def test_item_failures_in_an_ack_are_dead_lettered(
+    engine: tuple[SyncEngine, SqliteOutbox, ScriptedCentral],
+) -> None:
     sync, outbox, central = engine
     batch = outbox.enqueue(Channel.VECTORS, [{"id": "v1"}, {"id": "v2"}])
     central.item_failures[batch.sequence] = (("v2", "INVALID_ITEM", "vectors[1].payload.k: contains a NUL"),)
@@ -126,7 +130,7 @@ async def test_item_failures_in_an_ack_are_dead_lettered(engine: tuple[SyncEngin
 
 
 async def test_a_channel_without_progress_is_degraded_and_flush_says_so(
-    engine: tuple[SyncEngine, Outbox, ScriptedCentral],
+    engine: tuple[SyncEngine, SqliteOutbox, ScriptedCentral],
 ) -> None:
     sync, outbox, central = engine
     outbox.enqueue(Channel.DECISIONS, [{"id": "d1"}])
@@ -152,7 +156,7 @@ async def test_a_channel_without_progress_is_degraded_and_flush_says_so(
 
 
 async def test_an_oldest_batch_that_does_not_move_degrades_its_channel(
-    engine: tuple[SyncEngine, Outbox, ScriptedCentral], monkeypatch: pytest.MonkeyPatch
+    engine: tuple[SyncEngine, SqliteOutbox, ScriptedCentral], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A round that never ends (sends hanging up to their deadline, retried) is caught by the clock rule."""
     sync, outbox, central = engine

@@ -148,10 +148,10 @@ class Writer:
         kind = self.rng.random()
         if kind < 0.4:
             sid = f"{self.prefix}-s{self.rng.randrange(max(n // 3, 1))}"
-            reply = await client.edge.PutSession(
+            put = await client.edge.PutSession(
                 edge_pb2.PutSessionRequest(session=make_session(sid, f"{self.prefix} write {n}")), timeout=10
             )
-            self.acked.sessions[sid] = reply.session.checksum
+            self.acked.sessions[sid] = put.session.checksum
             self.acked.session_write[sid] = n
         elif kind < 0.7:
             vector = make_vector(f"{self.prefix}-v{n}", self.rng)
@@ -159,8 +159,8 @@ class Writer:
             self.acked.vectors[vector.vector_id] = list(vector.values)
         else:
             request = edge_pb2.AuthorizeRequest(principal='User::"a"', action='Action::"read"', resource='Doc::"d"')
-            reply = await client.edge.Authorize(request, timeout=10)
-            self.acked.decisions.add(reply.decision_id)
+            decision = await client.edge.Authorize(request, timeout=10)
+            self.acked.decisions.add(decision.decision_id)
 
 
 @dataclass
@@ -209,9 +209,9 @@ def check_central(conninfo: str, agent_id: str, acked: Acked) -> Verdict:
             if vid not in seen:
                 lost.append(vid)
                 continue
-            stored = [float(x) for x in seen[vid].strip("[]").split(",")]
-            if any(abs(a - b) > 1e-5 for a, b in zip(stored, values, strict=True)):
-                wrong.append(f"vector {vid}: {stored} != {values}")
+            embedding = [float(x) for x in seen[vid].strip("[]").split(",")]
+            if any(abs(a - b) > 1e-5 for a, b in zip(embedding, values, strict=True)):
+                wrong.append(f"vector {vid}: {embedding} != {values}")
         rows = conn.execute(
             "SELECT decision_id, agent_id FROM decisions WHERE decision_id = ANY(%s)", (list(acked.decisions),)
         ).fetchall()
@@ -231,8 +231,10 @@ async def checkpoints_match(edge: Client, central: Client) -> tuple[bool, dict[i
     status = await edge.status()
     request = sync_pb2.GetSyncCheckpointRequest(incarnation_id=status.incarnation_id)
     reply = await central.sync.GetSyncCheckpoint(request, metadata=central.metadata)
-    at_central = {c.channel: int(c.sequence) for c in reply.checkpoints}
-    pairs = {q.channel: (int(q.acked_sequence), at_central.get(q.channel, 0)) for q in status.queues}
+    at_central: dict[int, int] = {c.channel: int(c.sequence) for c in reply.checkpoints}
+    pairs: dict[int, tuple[int, int]] = {
+        q.channel: (int(q.acked_sequence), at_central.get(q.channel, 0)) for q in status.queues
+    }
     return all(a == b for a, b in pairs.values()), pairs
 
 

@@ -73,10 +73,12 @@ class Central:
     def stored(self) -> dict[str, int]:
         """Row counts of the tables a refused call must not touch."""
         with psycopg.connect(self.conninfo) as conn:
-            return {
-                table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]
-                for table in ("session_memory", "decisions", "sync_batches")
-            }
+            counts: dict[str, int] = {}
+            for table in ("session_memory", "decisions", "sync_batches"):
+                row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+                assert row is not None  # count(*) always answers one row
+                counts[table] = int(row[0])
+            return counts
 
     def rpcs_seen(self) -> float:
         """``aeterna_rpc_requests_total`` summed over every method and code (central's /metrics)."""
@@ -527,7 +529,7 @@ async def test_gzip_bomb(central: Central) -> None:
 
 
 async def test_flood_is_limited_and_another_edge_is_not(central: Central) -> None:
-    """edge-a offers 300 req/s for 3 s; edge-b sends 20 req/s. Count-based: edge-a's allowed ≈ rate×t + burst."""
+    """edge-a offers 300 req/s for 3 s, edge-b 20 req/s. By counts: burst <= allowed(edge-a) <= rate×t + burst."""
     seconds, offered_rate, burst = 3.0, 300, RATE  # burst unset in the chart: one second's worth
     request = sync_pb2.GetSyncCheckpointRequest()
     await asyncio.sleep(1.1)  # earlier rows spent edge-a tokens: let its bucket refill to the burst
@@ -584,8 +586,13 @@ async def test_flood_is_limited_and_another_edge_is_not(central: Central) -> Non
         other_calls=len(calm),
         other_refused=calm_refused,
     )
-    assert offered / elapsed > 1.5 * RATE, "the flood must exceed the limit for the row to mean anything"
-    assert abs(allowed - expected) <= 0.1 * expected, (allowed, expected, offered)
+    # Counts, not speed: how close ``allowed`` came to rate x time is printed above (``deviation``), not
+    # asserted. The flood exceeded the limit (something was refused), the whole burst was served, and the
+    # limiter never let through more than its budget over the test's own window (at least the server's,
+    # so a slow machine only loosens this bound).
+    assert errors, "the flood must exceed the limit for the row to mean anything"
+    assert allowed >= burst, (allowed, burst, offered)
+    assert allowed <= expected, (allowed, expected, offered)
     assert {e.code() for e in errors} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
     assert {error_reason(e) for e in errors} == {"RATE_LIMITED"}
     assert calm

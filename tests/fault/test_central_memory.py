@@ -112,7 +112,7 @@ class StuckEdge:
         return request
 
 
-async def drive(stub: sync_pb2_grpc.SyncServiceStub, edge: StuckEdge, rounds: int) -> dict[str, int]:
+async def drive(stub: sync_pb2_grpc.SyncServiceAsyncStub, edge: StuckEdge, rounds: int) -> dict[str, int]:
     codes: dict[str, int] = {}
     for _ in range(rounds):
         call = stub.SyncSessions(iter(edge.sessions()), metadata=METADATA, timeout=30)

@@ -19,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,7 +34,6 @@ from central_svc.store.migrate import upgrade
 from tests.fault.proxy import FaultProxy
 from tests.fault.support import (
     ALLOW_ALL,
-    Client,
     Writer,
     central_document,
     check_central,
@@ -46,6 +45,7 @@ from tests.fault.support import (
     trials,
     wait_until,
 )
+from tests.support.clients import Client
 from tests.support.postgres import TEST_VECTOR_DIMENSION
 from tests.support.services import ServiceFactory, ServiceProcess
 
@@ -97,7 +97,7 @@ async def _verify(
 
     await wait_until(flushed, f"{scenario}: a flush leaves nothing pending at the edge")
 
-    ok, pairs = False, {}
+    ok, pairs = False, dict[int, tuple[int, int]]()
 
     async def matched() -> bool:
         # Polled (wait_until retries an RPC error): central's per-agent rate limit is shared with the
@@ -183,7 +183,9 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(database_url: str, postgres_server: EmbeddedPostgres, services: ServiceFactory, tmp_path: Path):  # type: ignore[no-untyped-def]
+async def rig(
+    database_url: str, postgres_server: EmbeddedPostgres, services: ServiceFactory, tmp_path: Path
+) -> AsyncIterator[Rig]:
     made = Rig(services, tmp_path, database_url, postgres_server)
     yield made
     await made.close()

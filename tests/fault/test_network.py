@@ -5,7 +5,7 @@ a cut (RST) during sync streams, a stall longer than the deadline (blackhole), a
 The first three use the crash suite's rig (central on the test database, the edge's
 ``sync.centralServer`` pointing at the proxy) and its invariant: after the link heals every acknowledged
 item is at central exactly once with the acknowledged content, and each channel's acked sequence at the
-edge equals central's ``GetSyncCheckpoint``. The outage runs in-process (an ``Outbox`` with an injected
+edge equals central's ``GetSyncCheckpoint``. The outage runs in-process (a ``SqliteOutbox`` with an injected
 clock under the edge's own ``SyncEngine``/``GrpcCentral``/``LinkMonitor``) against a real central
 process, a real PostgreSQL and a real Redis.
 """
@@ -20,6 +20,7 @@ import re
 import sqlite3
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,19 +34,18 @@ from prometheus_client import CollectorRegistry
 from aeterna_cli.processes import write_config
 from aeterna_shared.config import load_config
 from central_svc.store.embedded_postgres import EmbeddedPostgres
-from edge_svc.__main__ import outbox_limits
 from edge_svc.api.central_client import GrpcCentral
+from edge_svc.deps import outbox_limits
 from edge_svc.link import LinkMonitor
 from edge_svc.memory import SessionMemory
 from edge_svc.metrics import OutboxCollector
 from edge_svc.records import Channel, DecisionRecord
 from edge_svc.store.cache import RedisCache
-from edge_svc.store.outbox import Outbox
+from edge_svc.store.outbox import SqliteOutbox
 from edge_svc.sync import SyncEngine
 from tests.fault.proxy import FaultProxy
 from tests.fault.support import (
     ALLOW_ALL,
-    Client,
     Writer,
     central_document,
     edge_document,
@@ -54,6 +54,7 @@ from tests.fault.support import (
     wait_until,
 )
 from tests.fault.test_crash import Rig, _verify, _write_for
+from tests.support.clients import Client
 from tests.support.services import ServiceFactory
 
 pytestmark = [pytest.mark.ci_slow, pytest.mark.timeout(600)]
@@ -88,7 +89,9 @@ class HalfOpenProxy(FaultProxy):
 
 
 @pytest.fixture
-async def rig(database_url: str, postgres_server: EmbeddedPostgres, services: ServiceFactory, tmp_path: Path):  # type: ignore[no-untyped-def]
+async def rig(
+    database_url: str, postgres_server: EmbeddedPostgres, services: ServiceFactory, tmp_path: Path
+) -> AsyncIterator[Rig]:
     made = Rig(services, tmp_path, database_url, postgres_server)
     yield made
     await made.close()
@@ -194,13 +197,13 @@ async def test_stall_longer_than_deadline(rig: Rig, request: pytest.FixtureReque
 
 
 @pytest.fixture
-async def half_open_rig(  # type: ignore[no-untyped-def]
+async def half_open_rig(
     database_url: str,
     postgres_server: EmbeddedPostgres,
     services: ServiceFactory,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-):
+) -> AsyncIterator[Rig]:
     monkeypatch.setattr("tests.fault.test_crash.FaultProxy", HalfOpenProxy)
     made = Rig(services, tmp_path, database_url, postgres_server)
     yield made
@@ -280,7 +283,7 @@ async def test_one_hour_outage_overflow_and_ttl(
     config = load_config(str(write_config(tmp_path / "edge.yaml", document)))
     start = time.time() - 2 * 3600  # decisions happened in the past two hours
     clock = FakeClock(start)
-    outbox = Outbox(tmp_path / agent / "outbox.sqlite3", outbox_limits(config), clock=clock)
+    outbox = SqliteOutbox(tmp_path / agent / "outbox.sqlite3", outbox_limits(config), clock=clock)
     cache = RedisCache(config.cache.url or redis_url)
     central = GrpcCentral(config)
     link = LinkMonitor(config, central.check_health)

@@ -157,7 +157,7 @@ async def test_a_full_session_store_refuses_before_answering_and_keeps_what_it_t
         acked.append(sid)
     assert refusal is not None, "a 4 MiB session store took 32 MiB of sessions"
     assert refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    status = rpc_status.from_call(refusal)  # type: ignore[arg-type]
+    status = rpc_status.from_call(refusal)
     assert status is not None
     retry = error_details_pb2.RetryInfo()
     assert any(detail.Unpack(retry) for detail in status.details), "no RetryInfo with RESOURCE_EXHAUSTED"

@@ -16,7 +16,7 @@ from central_svc.deps import build_deps
 from central_svc.server import SERVICE_NAMES
 from central_svc.server import create_server as create_central
 from central_svc.store.database import Database
-from edge_svc.__main__ import open_edge
+from edge_svc.deps import open_edge
 from edge_svc.server import create_server as create_edge
 from tests.fault.support import DIMENSION, SUMMARIES, free_port
 

@@ -38,7 +38,7 @@ from central_svc.server import SERVICE_NAMES
 from central_svc.server import create_server as create_central
 from central_svc.store.database import Database
 from central_svc.store.urls import psycopg_conninfo
-from edge_svc.__main__ import open_edge
+from edge_svc.deps import open_edge
 from edge_svc.server import create_server as create_edge
 from tests.fault.support import DIMENSION, report, soak, wait_until
 
@@ -54,7 +54,7 @@ SURROGATES = b"\xed\xa0\x80" * 3
 class Linked:
     """An edge linked to a central, both in this process."""
 
-    edge: edge_pb2_grpc.EdgeServiceStub
+    edge: edge_pb2_grpc.EdgeServiceAsyncStub
     channel: aio.Channel
     database_url: str
 
@@ -219,9 +219,10 @@ def _operation(draw: st.DrawFn) -> tuple[str, Message]:
         return draw(getattr(values, name))
 
     if kind == "authorize":
-        request: Message = edge_pb2.AuthorizeRequest(principal=pick("uid"), action=pick("uid"), resource=pick("uid"))
+        authorize = edge_pb2.AuthorizeRequest(principal=pick("uid"), action=pick("uid"), resource=pick("uid"))
         if draw(st.booleans()):
-            _struct_into(request.context, pick("json_object"))  # type: ignore[attr-defined]
+            _struct_into(authorize.context, pick("json_object"))
+        request: Message = authorize
     elif kind == "episode":
         episode = memory_pb2.Episode(
             episode_id=draw(st.one_of(st.just(""), st.just(pick("ident")))),
@@ -257,13 +258,13 @@ def _operation(draw: st.DrawFn) -> tuple[str, Message]:
         else:
             request = edge_pb2.AppendSessionMessagesRequest(session_id=session_id, messages=messages)
             if draw(st.booleans()):
-                _struct_into(request.state_patch, pick("json_object"))  # type: ignore[attr-defined]
+                _struct_into(request.state_patch, pick("json_object"))
     return kind, request
 
 
 # --- running --------------------------------------------------------------------------------------------
 
-_METHODS = {
+_METHODS: dict[str, tuple[str, type[Message]]] = {
     "authorize": ("Authorize", edge_pb2.AuthorizeResponse),
     "episode": ("AppendEpisode", edge_pb2.AppendEpisodeResponse),
     "vectors": ("UpsertVectors", edge_pb2.UpsertVectorsResponse),
@@ -289,7 +290,7 @@ async def _send(linked: Linked, kind: str, request: Message, accepted: Accepted)
     frame = request.SerializeToString()
     if PLACEHOLDER.encode() in frame:
         frame = frame.replace(PLACEHOLDER.encode(), SURROGATES)  # lone surrogates: invalid UTF-8 on the wire
-    call = linked.channel.unary_unary(
+    call: aio.UnaryUnaryMultiCallable[bytes, bytes] = linked.channel.unary_unary(
         f"/aeterna.edge.v1.EdgeService/{method}", request_serializer=None, response_deserializer=None
     )
     try:
@@ -306,8 +307,8 @@ async def _send(linked: Linked, kind: str, request: Message, accepted: Accepted)
         accepted.decisions.add(reply.decision_id)
     elif kind == "episode":
         accepted.episodes.add(reply.episode_id)
-    elif kind == "vectors":
-        accepted.vectors.update(v.vector_id for v in request.vectors)  # type: ignore[attr-defined]
+    elif isinstance(request, edge_pb2.UpsertVectorsRequest):
+        accepted.vectors.update(v.vector_id for v in request.vectors)
     else:
         accepted.sessions.add(reply.session.session_id)
 

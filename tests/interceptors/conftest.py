@@ -1,8 +1,8 @@
 """A real TLS gRPC server with the real interceptor chain, plus real credentials to call it.
 
 The servicer is a small ``SyncService`` built on the generated base (central's
-own servicer is developed separately): it checks identities and batch
-signatures with the same helpers central uses, and records what it stored, so
+own servicer is developed separately): it admits batches with central's own
+admission step (``central_svc.admission.admit``), and records what it stored, so
 tests can assert that refused calls stored nothing. A generic ``Shapes``
 service (raw bytes) covers all four RPC shapes.
 """
@@ -37,7 +37,9 @@ from aeterna_security.tls import server_credentials
 from aeterna_server.server import ServiceBinding, bind, build_server
 from aeterna_shared.config import AeternaConfig
 from aeterna_shared.errors import ERROR_DOMAIN
-from aeterna_shared.wire.canonical import sign_batch, verify_batch
+from aeterna_shared.wire.canonical import sign_batch
+from central_svc.admission import AdmissionRules, admit
+from central_svc.batches import Channel
 from interceptors.chain import server_interceptors
 from interceptors.ratelimit import Limiter
 from interceptors.telemetry import Telemetry
@@ -70,7 +72,12 @@ class TestSync(sync_pb2_grpc.SyncServiceServicer):
     __test__ = False
 
     def __init__(self, window: timedelta) -> None:
-        self.window = window
+        self.admission = AdmissionRules(
+            key_for=lambda _agent_id: SIGNING_KEY,
+            max_items=dict.fromkeys(Channel, 1000),
+            freshness=window,
+            clock=lambda: datetime.now(UTC),
+        )
         self.stored: dict[str, list[str]] = {}
         self.calls = 0
         self.deadlines: list[float | None] = []
@@ -92,8 +99,7 @@ class TestSync(sync_pb2_grpc.SyncServiceServicer):
         self.calls += 1
         identity = current_identity()
         async for request in request_iterator:
-            identity.require_agent(request.header.agent_id)
-            verify_batch(request, SIGNING_KEY, now=datetime.now(UTC), window=self.window)
+            admit(request, identity, Channel.SESSIONS, len(request.sessions), self.admission)
             self.stored.setdefault(identity.agent_id, []).extend(s.session_id for s in request.sessions)
             yield sync_pb2.SyncSessionsResponse(
                 ack=sync_pb2.BatchAck(

@@ -99,7 +99,12 @@ async def test_flood_is_limited_to_rate_and_another_identity_is_unaffected(
     offered = allowed + refused
     assert offered / elapsed > 1.5 * rate, "the flood must actually exceed the limit for the test to mean anything"
     expected = rate * elapsed + burst
-    assert abs(allowed - expected) <= 0.1 * expected, (allowed, expected, offered)
+    # Never more than the bucket holds (10 % for the client's clock against the server's). From
+    # below, a client starved of CPU on a shared machine leaves refills unused, so only a fair share
+    # is asked here; the exact refill arithmetic is pinned with a fake clock in
+    # test_local_bucket_refills_with_its_clock.
+    assert allowed <= 1.1 * expected, (allowed, expected, offered)
+    assert allowed >= 0.5 * expected, (allowed, expected, offered)
     assert all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in errors)
     assert {error_reason(e) for e in errors} == {"RATE_LIMITED"}
     retry = status_detail(errors[0], error_details_pb2.RetryInfo)

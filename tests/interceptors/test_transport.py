@@ -11,7 +11,7 @@ import pytest
 from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
 from grpc import aio
 
-from aeterna_client.channel import PinVerifier, open_central_channel
+from aeterna_client.channel import PinVerifier, central_settings, open_central_channel
 from aeterna_security.pins import PinMismatch
 from aeterna_shared.errors import Unavailable
 from interceptors.authenticators import hash_api_key
@@ -71,7 +71,8 @@ async def test_rotation_pins_and_ca_pin(serve: ServeFactory, tls_material: TlsMa
         await _search(channel)
     # Pinning the issuing CA accepts every certificate it issued.
     ca_pin = {"sync": {"network": {"pinnedCertificates": [tls_material.ca.pin]}}}
-    verifier = PinVerifier.from_config(edge_config(tls_material, impostor.port, ca_pin))
+    config = edge_config(tls_material, impostor.port, ca_pin)
+    verifier = PinVerifier.for_target(config.sync.central_server.target, central_settings(config))
     assert verifier is not None
     assert verifier.check_now() == tls_material.ca.pin
 
@@ -80,7 +81,7 @@ def test_pin_probe_refuses_synchronously(tls_material: TlsMaterial) -> None:
     config = edge_config(
         tls_material, 1, {"sync": {"network": {"pinnedCertificates": [tls_material.other_server.pin]}}}
     )
-    verifier = PinVerifier.from_config(config)
+    verifier = PinVerifier.for_target(config.sync.central_server.target, central_settings(config))
     assert verifier is not None
     # Nothing listens on port 1: the probe reports central unreachable, not a pin problem.
     with pytest.raises(Unavailable) as raised:

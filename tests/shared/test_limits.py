@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.protobuf import struct_pb2
@@ -17,9 +19,9 @@ from edge_svc.records import Message
 MIGRATIONS = Path(__file__).resolve().parents[2] / "central_svc" / "store" / "migrations" / "versions"
 
 
-def refused(check: object, *args: object, **kwargs: object) -> InvalidArgument:
+def refused(check: Callable[..., object], *args: object, **kwargs: object) -> InvalidArgument:
     with pytest.raises(InvalidArgument) as caught:
-        check(*args, **kwargs)  # type: ignore[operator]
+        check(*args, **kwargs)
     return caught.value
 
 
@@ -40,9 +42,17 @@ def test_ids_refuse_what_postgresql_text_cannot_hold(value: str, reason: str) ->
     assert error.message.startswith("decision.decision_id: ")
 
 
-def test_values_at_the_limit_pass() -> None:
-    limits.check_id("😀" * (limits.MAX_ID_BYTES // 4), "id")
-    limits.check_text("é" * (limits.MAX_RESOURCE_BYTES // 2), "resource", max_bytes=limits.MAX_RESOURCE_BYTES)
+def test_values_at_the_limit_pass_and_one_byte_more_is_refused() -> None:
+    """What a caller sees at the boundary: accepted (no refusal), then one byte more refused naming the field."""
+    at_limit_id = "😀" * (limits.MAX_ID_BYTES // 4)
+    at_limit_text = "é" * (limits.MAX_RESOURCE_BYTES // 2)
+    assert limits.problem_of(limits.check_id, value=at_limit_id, field="id") is None
+    text_limit = limits.MAX_RESOURCE_BYTES
+    assert limits.problem_of(limits.check_text, value=at_limit_text, field="resource", max_bytes=text_limit) is None
+    assert refused(limits.check_id, at_limit_id + "x", "id").reason == "VALUE_TOO_LONG"
+    over = refused(limits.check_text, at_limit_text + "x", "resource", max_bytes=text_limit)
+    assert over.reason == "VALUE_TOO_LONG"
+    assert over.violations[0].field == "resource"
 
 
 def _index_columns() -> list[tuple[str, list[str]]]:
@@ -91,13 +101,13 @@ def test_json_is_walked_without_recursion_and_measured() -> None:
     assert refused(limits.check_json, {"k": b"bytes"}, "payload").reason == "NOT_JSON"
     big = {"k": "x" * limits.MAX_JSON_BYTES}
     assert refused(limits.check_json, big, "payload").reason == "VALUE_TOO_LONG"
-    limits.check_json({"list": [1, 2.5, True, None, {"x": "y"}]}, "ok")
-    limits.check_json(None, "absent")
+    assert limits.problem_of(limits.check_json, value={"list": [1, 2.5, True, None, {"x": "y"}]}, field="ok") is None
+    assert limits.problem_of(limits.check_json, value=None, field="absent") is None
 
 
 def test_a_protobuf_struct_measures_like_the_dict_it_came_from() -> None:
     """The edge checks dicts, central checks Structs: the same document must get the same answer."""
-    document = {"n": 1, "f": 2.0, "s": "é" * 10, "l": [1, {"k": True}], "z": None}
+    document: dict[str, Any] = {"n": 1, "f": 2.0, "s": "é" * 10, "l": [1, {"k": True}], "z": None}
     struct = struct_pb2.Struct()
     struct.update(document)
     for size in range(100, 200):

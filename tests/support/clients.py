@@ -8,15 +8,17 @@ from aeterna.edge.v1 import edge_pb2, edge_pb2_grpc
 from aeterna.memory.v1 import memory_pb2
 from aeterna.policy.v1 import policy_pb2, policy_pb2_grpc
 from aeterna.sync.v1 import sync_pb2_grpc
-from grpc import aio
+
+from aeterna_client.channel import ClientSettings, open_channel
 
 
 class Client:
-    """Stubs of one process (edge or central), with development-auth metadata for central calls."""
+    """Stubs of one process (edge or central) on a plaintext channel naming ``agent`` (development auth)."""
 
     def __init__(self, target: str, agent: str = "operator") -> None:
-        self.channel = aio.insecure_channel(target)
+        self.channel = open_channel(target, ClientSettings(agent_id=agent))
         self.metadata = (("x-aeterna-agent-id", agent),)
+        """The identity header, for callers that pass metadata explicitly (the channel adds it too)."""
         self.edge = edge_pb2_grpc.EdgeServiceStub(self.channel)
         self.sync = sync_pb2_grpc.SyncServiceStub(self.channel)
         self.policy = policy_pb2_grpc.PolicyServiceStub(self.channel)
@@ -35,7 +37,6 @@ class Client:
     async def publish(self, text: str) -> int:
         reply = await self.policy.PublishPolicies(
             policy_pb2.PublishPoliciesRequest(policies=[policy_pb2.CedarPolicy(policy_id="main.cedar", text=text)]),
-            metadata=self.metadata,
         )
         return int(reply.bundle.version)
 

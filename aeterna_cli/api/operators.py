@@ -1,4 +1,9 @@
-"""The operator commands' gRPC calls (``aeterna policy publish``, ``conflicts``, ``edges``)."""
+"""Central's operator calls (``aeterna policy publish``, ``conflicts``, ``edges``), through ``open_channel``.
+
+The settings are a local development client (plaintext, development identity
+headers naming ``--agent-id`` and ``--tenant-id``), as these commands have
+always been.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,16 @@ import grpc
 from aeterna.policy.v1 import policy_pb2, policy_pb2_grpc
 from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
 
-from central_svc.api.client import call_metadata, open_channel
+from aeterna_client.channel import ClientSettings, open_channel
 
 
 class RpcFailure(Exception):
     """A call failed; the message is the server's status and text."""
+
+
+def settings_of(args: argparse.Namespace) -> ClientSettings:
+    """The client settings of an operator command (plaintext, development identity)."""
+    return ClientSettings(agent_id=args.agent_id, tenant_id=args.tenant_id)
 
 
 def _failure(error: grpc.aio.AioRpcError) -> RpcFailure:
@@ -38,11 +48,9 @@ async def publish(args: argparse.Namespace) -> int:
     """Publish a folder; print the new version."""
     request = read_policy_folder(Path(args.directory))
     request.expected_current_version = args.expected_version
-    async with open_channel(args.target) as channel:
+    async with open_channel(args.target, settings_of(args)) as channel:
         try:
-            response = await policy_pb2_grpc.PolicyServiceStub(channel).PublishPolicies(
-                request, metadata=call_metadata(args.agent_id, args.tenant_id), timeout=30
-            )
+            response = await policy_pb2_grpc.PolicyServiceStub(channel).PublishPolicies(request, timeout=30)
         except grpc.aio.AioRpcError as error:
             raise _failure(error) from None
     bundle = response.bundle
@@ -54,15 +62,18 @@ async def publish(args: argparse.Namespace) -> int:
 
 async def list_conflicts(args: argparse.Namespace) -> int:
     """Print conflicts, one per line."""
-    state = {"pending": 1, "resolved": 2, "all": 0}[args.state]
+    state = {
+        "pending": sync_pb2.CONFLICT_STATE_PENDING,
+        "resolved": sync_pb2.CONFLICT_STATE_RESOLVED,
+        "all": sync_pb2.CONFLICT_STATE_UNSPECIFIED,
+    }[args.state]
     token = ""
-    async with open_channel(args.target) as channel:
+    async with open_channel(args.target, settings_of(args)) as channel:
         stub = sync_pb2_grpc.SyncServiceStub(channel)
         while True:
             try:
                 page = await stub.ListConflicts(
-                    sync_pb2.ListConflictsRequest(state=state, page_token=token),  # type: ignore[arg-type]
-                    metadata=call_metadata(args.agent_id, args.tenant_id),
+                    sync_pb2.ListConflictsRequest(state=state, page_token=token),
                     timeout=30,
                 )
             except grpc.aio.AioRpcError as error:
@@ -82,11 +93,10 @@ async def list_conflicts(args: argparse.Namespace) -> int:
 async def resolve_conflict(args: argparse.Namespace) -> int:
     """Resolve one conflict."""
     resolution = sync_pb2.RESOLUTION_KEEP_EDGE if args.keep == "edge" else sync_pb2.RESOLUTION_KEEP_CENTRAL
-    async with open_channel(args.target) as channel:
+    async with open_channel(args.target, settings_of(args)) as channel:
         try:
             response = await sync_pb2_grpc.SyncServiceStub(channel).ResolveConflict(
                 sync_pb2.ResolveConflictRequest(conflict_id=args.conflict_id, resolution=resolution, note=args.note),
-                metadata=call_metadata(args.agent_id, args.tenant_id),
                 timeout=30,
             )
         except grpc.aio.AioRpcError as error:
@@ -98,15 +108,11 @@ async def resolve_conflict(args: argparse.Namespace) -> int:
 async def list_edges(args: argparse.Namespace) -> int:
     """Print the registry."""
     token = ""
-    async with open_channel(args.target) as channel:
+    async with open_channel(args.target, settings_of(args)) as channel:
         stub = sync_pb2_grpc.SyncServiceStub(channel)
         while True:
             try:
-                page = await stub.ListEdges(
-                    sync_pb2.ListEdgesRequest(page_token=token),
-                    metadata=call_metadata(args.agent_id, args.tenant_id),
-                    timeout=30,
-                )
+                page = await stub.ListEdges(sync_pb2.ListEdgesRequest(page_token=token), timeout=30)
             except grpc.aio.AioRpcError as error:
                 raise _failure(error) from None
             for e in page.edges:
