@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from aeterna_shared.config import AeternaConfig
+from aeterna_shared.config.model import SigningConfig
 from aeterna_shared.errors import InvalidArgument
 
 _log = logging.getLogger(__name__)
@@ -30,9 +30,9 @@ class SigningKeyring:
         return self._keys.get(agent_id, self._default)
 
     @classmethod
-    def from_config(cls, config: AeternaConfig) -> SigningKeyring:
+    def from_config(cls, signing: SigningConfig) -> SigningKeyring:
         """Load ``sync.signing.keysFile`` (YAML/JSON mapping agent id -> key)."""
-        path = config.sync.signing.keys_file
+        path = signing.keys_file
         if path is None:
             _log.warning("no sync.signing.keysFile: accepting the public development signing key")
             return cls({}, DEVELOPMENT_KEY)
@@ -42,9 +42,8 @@ class SigningKeyring:
         return cls({str(agent): key.encode() for agent, key in loaded.items()})
 
 
-def edge_signing_key(config: AeternaConfig) -> bytes:
+def edge_signing_key(signing: SigningConfig) -> bytes:
     """The edge's own HMAC key: ``sync.signing.key``, ``keyFile``, or the development key."""
-    signing = config.sync.signing
     if signing.key:
         return signing.key.encode()
     if signing.key_file:

@@ -15,6 +15,7 @@ What grpcio (1.85) lets Python configure, and what it does not:
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from cryptography import x509
 
 from aeterna_security.identity import Identity
 from aeterna_security.pins import pin_of_pem
-from aeterna_shared.config import AeternaConfig
+from aeterna_shared.config.model import TlsSection
 from aeterna_shared.errors import InvalidArgument, PermissionDenied, Unauthenticated
 
 # The key gRPC puts the peer's PEM certificate under in ``context.auth_context()``.
@@ -39,9 +40,8 @@ def _read(path: str | None, key: str) -> bytes:
         raise InvalidArgument(f"{key}: cannot read {path}: {error.strerror}", reason="INVALID_CONFIG") from None
 
 
-def server_credentials(config: AeternaConfig) -> grpc.ServerCredentials | None:
+def server_credentials(tls: TlsSection) -> grpc.ServerCredentials | None:
     """Credentials for ``bind``: None unless ``tls.enabled``; mTLS when ``tls.requireClientCert``."""
-    tls = config.tls
     if not tls.enabled:
         return None
     cert = _read(tls.cert_file, "tls.certFile")
@@ -81,14 +81,16 @@ def peer_certificate_pem(auth_context: dict[str, Any]) -> bytes | None:
     return None
 
 
-def check_client_pin(config: AeternaConfig, identity: Identity, auth_context: dict[str, Any]) -> None:
-    """Enforce ``tls.clientPins`` for ``identity``'s agent.
+def check_client_pin(
+    client_pins: Mapping[str, Sequence[str]], identity: Identity, auth_context: dict[str, Any]
+) -> None:
+    """Enforce ``client_pins`` (``tls.clientPins``) for ``identity``'s agent.
 
     An agent listed in ``tls.clientPins`` must present a client certificate whose
     SPKI pin is one of its pins, whatever the auth method; agents not listed are
     not pinned (their certificate, if required, is still verified by the CA).
     """
-    pins = config.tls.client_pins.get(identity.agent_id)
+    pins = client_pins.get(identity.agent_id)
     if not pins:
         return
     pem = peer_certificate_pem(auth_context)

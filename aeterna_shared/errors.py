@@ -74,6 +74,21 @@ class InvalidArgument(AeternaError):
         return cls(f"{field}: {description}", reason=reason, violations=(FieldViolation(field, description),))
 
 
+class _RetryLater(AeternaError):
+    """Shared by the errors that tell the caller when to try again (``RetryInfo``); not raised itself."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry_after: float = 1.0,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after = retry_after
+
+
 class NotFound(AeternaError):
     """The thing asked for does not exist (or is not visible to the caller)."""
 
@@ -98,7 +113,7 @@ class PermissionDenied(AeternaError):
     reason = "PERMISSION_DENIED"
 
 
-class ResourceExhausted(AeternaError):
+class ResourceExhausted(_RetryLater):
     """A quota or limit was hit; ``retry_after`` says when to try again."""
 
     reason = "RESOURCE_EXHAUSTED"
@@ -112,8 +127,7 @@ class ResourceExhausted(AeternaError):
         retry_after: float = 1.0,
         subject: str = "",
     ) -> None:
-        super().__init__(message, reason=reason, metadata=metadata)
-        self.retry_after = retry_after
+        super().__init__(message, reason=reason, metadata=metadata, retry_after=retry_after)
         self.subject = subject
 
 
@@ -129,21 +143,10 @@ class FailedPrecondition(AeternaError):
     reason = "FAILED_PRECONDITION"
 
 
-class Unavailable(AeternaError):
-    """A dependency (usually central) cannot be reached now; retry later."""
+class Unavailable(_RetryLater):
+    """A dependency (usually central) cannot be reached now; retry later (``retry_after`` seconds)."""
 
     reason = "UNAVAILABLE"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        reason: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        retry_after: float = 1.0,
-    ) -> None:
-        super().__init__(message, reason=reason, metadata=metadata)
-        self.retry_after = retry_after
 
 
 __all__ = [

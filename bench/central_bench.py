@@ -99,10 +99,10 @@ async def central(env: Env) -> AsyncIterator[InProcessCentral]:
     database = Database(url, max_size=4)
     await database.open()
     deps = await build_deps(config, database)
-    server, port = create_server(config, deps)
+    server = create_server(config, deps)
     await server.start()
     try:
-        yield InProcessCentral(url, config, deps, port)
+        yield InProcessCentral(url, config, deps, server.port)
     finally:
         await server.stop(None)
         await database.close()

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import prometheus_client
 
-from aeterna_server.server import mark_not_serving, mark_serving, start_health_server
+from aeterna_server.server import start_health_server
 from aeterna_shared.config import AeternaConfig, load_config
 from aeterna_shared.logs import configure_logging
-from central_svc.deps import build_deps
+from central_svc.deps import build_deps, embedded_postgres
 from central_svc.metrics import CentralMetrics
-from central_svc.server import SERVICE_NAMES, create_server
+from central_svc.server import create_server
 from central_svc.snapshots import SnapshotScheduler
 from central_svc.store.database import Database
 from central_svc.store.embedded_postgres import EmbeddedPostgres
@@ -39,17 +39,12 @@ def write_ready_file(path: Path, document: dict[str, int]) -> None:
     os.replace(tmp, path)
 
 
-def embedded_postgres(config: AeternaConfig) -> EmbeddedPostgres:
-    """The embedded server central owns when ``postgresql.url`` is unset."""
-    return EmbeddedPostgres(Path(config.central.data_dir) / "postgres")
-
-
 async def serve(config: AeternaConfig, ready_file: Path | None = None) -> int:
     """Run central until SIGTERM/SIGINT; return the exit code."""
     owned: EmbeddedPostgres | None = None
     url = config.postgresql.url
     if url is None:
-        owned = embedded_postgres(config)
+        owned = embedded_postgres(config.central)
         _log.info("starting embedded PostgreSQL in %s", owned.root)
         await asyncio.to_thread(owned.start)
         url = owned.url
@@ -73,9 +68,9 @@ async def _serve_on(config: AeternaConfig, database: Database, ready_file: Path 
     deps.listener.start()
     _log.info("policy listener starting (LISTEN/NOTIFY)")
     await asyncio.wait_for(deps.listener.connected.wait(), timeout=30)
-    server, port = create_server(config, deps)
+    server = create_server(config, deps)
     await server.start()
-    await mark_serving(deps.health, SERVICE_NAMES)
+    port = server.port
     _log.info("central serving on %s:%d", config.central.listen_host, port)
     # One registry per process: the interceptors' RPC metrics and central's
     # gauges are served together on one /metrics endpoint.
@@ -85,13 +80,13 @@ async def _serve_on(config: AeternaConfig, database: Database, ready_file: Path 
     metrics_port = 0
     endpoint: MetricsEndpoint | None = None
     if config.telemetry.metrics_enabled:
-        endpoint = serve_metrics(config, registry=registry)
+        endpoint = serve_metrics(config.telemetry, registry=registry)
         metrics_port = endpoint.port
         _log.info("metrics on %s:%d/metrics", config.telemetry.metrics_host, metrics_port)
     health_server = None
     if config.telemetry.health_port is not None:
         health_server, health_port = await start_health_server(
-            deps.health, config.central.listen_host, config.telemetry.health_port
+            server.health, config.central.listen_host, config.telemetry.health_port
         )
         _log.info("plaintext health endpoint for probes on port %d", health_port)
     snapshots = SnapshotScheduler(deps.episode_store, deps.snapshot_dir, config.sync.episodic_memory.snapshot_interval)
@@ -106,9 +101,7 @@ async def _serve_on(config: AeternaConfig, database: Database, ready_file: Path 
     _log.info("central ready")
     await stop.wait()
     _log.info("shutting down: NOT_SERVING, then draining for up to %.0f s", GRACE_SECONDS)
-    await mark_not_serving(deps.health)
-    deps.policies.hub.close()
-    await server.stop(GRACE_SECONDS)
+    await server.stop(GRACE_SECONDS)  # NOT_SERVING, watch streams ended, calls in flight drained
     await snapshots.stop()
     await metrics.stop()
     await deps.listener.stop()
@@ -124,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     """Handler of ``aeterna central``."""
     config = load_config(args.config, os.environ)
     configure_logging(config, "central")
-    install_tracer_provider(config, "central")
+    install_tracer_provider(config.telemetry, "central")
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(serve(config, Path(args.ready_file) if args.ready_file else None))
     return 130
@@ -138,7 +131,7 @@ def migrate(args: argparse.Namespace) -> int:
     """
     config = load_config(args.config, os.environ)
     configure_logging(config, "central")
-    install_tracer_provider(config, "central")
+    install_tracer_provider(config.telemetry, "central")
     if config.postgresql.url is None:
         print("error: postgresql.url is not set; 'central migrate' needs the database to migrate", file=sys.stderr)
         return 2

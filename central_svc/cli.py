@@ -77,7 +77,7 @@ def _run(coroutine: Any) -> int:
 @contextlib.asynccontextmanager
 async def _database(config_path: str | None) -> AsyncIterator[Any]:
     """The configured database, or the embedded one in central.dataDir (started if it is not running)."""
-    from central_svc.__main__ import embedded_postgres  # noqa: PLC0415
+    from central_svc.deps import embedded_postgres  # noqa: PLC0415
     from central_svc.store.database import Database  # noqa: PLC0415
     from central_svc.store.migrate import upgrade  # noqa: PLC0415
 
@@ -85,7 +85,7 @@ async def _database(config_path: str | None) -> AsyncIterator[Any]:
     owned = None
     url = config.postgresql.url
     if url is None:
-        server = embedded_postgres(config)
+        server = embedded_postgres(config.central)
         if not server.is_running():
             owned = server
             await asyncio.to_thread(server.start)
@@ -105,10 +105,11 @@ async def _database(config_path: str | None) -> AsyncIterator[Any]:
 
 async def _create(args: argparse.Namespace) -> int:
     from central_svc import snapshots  # noqa: PLC0415
+    from central_svc.deps import snapshot_dir  # noqa: PLC0415
     from central_svc.store.episodes import PostgresEpisodeStore  # noqa: PLC0415
 
     async with _database(args.config) as (config, database):
-        directory = Path(args.output or config.central.snapshot_dir or Path(config.central.data_dir) / "snapshots")
+        directory = Path(args.output) if args.output else snapshot_dir(config.central)
         manifest = await snapshots.create(PostgresEpisodeStore(database), directory)
     print(f"snapshot of {manifest.episodes} episodes written to {manifest.path}")
     return 0

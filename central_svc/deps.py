@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aeterna_shared.config import AeternaConfig
+from aeterna_shared.config.model import CentralSection, VectorDatabase
 from central_svc.api.session_merge import ProtobufSessionMerger
 from central_svc.edges import EdgeRegistry
 from central_svc.episodes import EpisodicMemory
@@ -23,6 +24,7 @@ from central_svc.sessions import SessionSync
 from central_svc.store.database import Database
 from central_svc.store.decisions import PostgresDecisionStore
 from central_svc.store.edges import PostgresEdgeStore
+from central_svc.store.embedded_postgres import EmbeddedPostgres
 from central_svc.store.episodes import PostgresEpisodeStore
 from central_svc.store.ledger import PostgresBatchLedger
 from central_svc.store.policies import PostgresPolicyStore
@@ -56,13 +58,20 @@ class CentralDeps:
     page_token_key: bytes
     snapshot_dir: Path
     clock: Any = utc_now
-    health: Any = None
-    """The server's health servicer, set by ``create_server``."""
 
 
-def vector_index(config: AeternaConfig, database: Database) -> VectorIndex:
-    """The configured vector graph backend."""
-    settings = config.vector_database
+def snapshot_dir(central: CentralSection) -> Path:
+    """Where episodic snapshots go: ``central.snapshotDir``, else ``<dataDir>/snapshots``."""
+    return Path(central.snapshot_dir or Path(central.data_dir) / "snapshots")
+
+
+def embedded_postgres(central: CentralSection) -> EmbeddedPostgres:
+    """The embedded server central owns when ``postgresql.url`` is unset: ``<dataDir>/postgres``."""
+    return EmbeddedPostgres(Path(central.data_dir) / "postgres")
+
+
+def vector_index(settings: VectorDatabase, database: Database) -> VectorIndex:
+    """The configured vector graph backend (``vectorDatabase``)."""
     if settings.backend == "qdrant":
         if not settings.qdrant_url:
             raise ValueError("vectorDatabase.backend is qdrant but vectorDatabase.qdrantUrl is not set")
@@ -79,12 +88,11 @@ async def build_deps(config: AeternaConfig, database: Database) -> CentralDeps:
     hub = PolicyHub(policy_store)
     episode_store = PostgresEpisodeStore(database)
     dimension = config.vector_database.dimension
-    snapshot_dir = Path(config.central.snapshot_dir or Path(config.central.data_dir) / "snapshots")
     return CentralDeps(
         database=database,
         ledger=ledger,
         sessions=SessionSync(ledger, PostgresSessionStore(database), ProtobufSessionMerger()),
-        vectors=VectorSync(ledger, vector_index(config, database), dimension),
+        vectors=VectorSync(ledger, vector_index(config.vector_database, database), dimension),
         episodes=EpisodicMemory(ledger, episode_store, dimension),
         episode_store=episode_store,
         decisions=DecisionReplay(
@@ -97,5 +105,5 @@ async def build_deps(config: AeternaConfig, database: Database) -> CentralDeps:
         policies=PolicyAuthority(policy_store, hub),
         listener=PolicyListener(database.conninfo, hub.refresh),
         page_token_key=await page_token_key(database),
-        snapshot_dir=snapshot_dir,
+        snapshot_dir=snapshot_dir(config.central),
     )

@@ -8,6 +8,11 @@ agent and the link, and builds the node; no loop is started and nothing is
 served yet. Whatever it opened is closed again when a later step fails, so a
 failed start leaves no redis-server behind. ``EdgeDeps.close`` closes it all.
 
+The whole configuration stops here: each component is handed only its own
+section (``LinkMonitor`` the health check, ``RedisCache`` a URL) or a small
+frozen record of the values it reads from several sections (``CentralLink``,
+``VectorSettings``, ``NodeSettings``), derived once here.
+
 Two caches, two roles. Session memory and its dirty index must never be
 evicted; working memory is the only evictable layer. So in owned mode the edge
 runs two redis-servers, each alone in its own directory of ``edge.dataDir``:
@@ -34,14 +39,17 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from aeterna_client.channel import central_metadata, central_settings
+from aeterna_security.keys import edge_signing_key
 from aeterna_shared.config import AeternaConfig
+from aeterna_shared.config.model import CacheConfig
 from aeterna_shared.errors import FailedPrecondition
 from aeterna_shared.process_lock import DataDirLock, processes_working_in
-from edge_svc.api.central_client import GrpcCentral
+from edge_svc.api.central_client import CentralLink, GrpcCentral
 from edge_svc.link import LinkMonitor
 from edge_svc.memory import SessionMemory, WorkingMemory
 from edge_svc.metrics import OutboxCollector, SyncMetrics
-from edge_svc.node import EdgeNode
+from edge_svc.node import EdgeNode, NodeSettings
 from edge_svc.policy import CedarAgent, PolicyWatcher
 from edge_svc.records import Channel
 from edge_svc.store.bundle_file import BundleFile
@@ -51,7 +59,7 @@ from edge_svc.store.outbox import ChannelLimits, SqliteOutbox
 from edge_svc.store.redis_server import EVICTION_POLICIES, OwnedRedis
 from edge_svc.store.vectors import QdrantEdgeStore
 from edge_svc.sync import SyncEngine
-from edge_svc.vectors import VectorIndex
+from edge_svc.vectors import VectorIndex, VectorSettings
 
 _log = logging.getLogger("edge_svc")
 
@@ -103,6 +111,8 @@ class EdgeDeps:
     session_cache: RedisCache
     working_cache: RedisCache
     local: LocalStores
+    config: AeternaConfig
+    """The configuration the edge was opened with (the server is bound and served by it)."""
 
     @property
     def store(self) -> QdrantEdgeStore:
@@ -202,16 +212,29 @@ def _open_local(config: AeternaConfig) -> LocalStores:
         return LocalStores(lock, sessions, working, outbox, store)
 
 
-def cache_urls(config: AeternaConfig, local: LocalStores) -> tuple[str, str]:
-    """(session store URL, working memory URL) for this configuration and the servers start-up owns."""
-    session_url = config.cache.url
+def cache_urls(cache: CacheConfig, local: LocalStores) -> tuple[str, str]:
+    """(session store URL, working memory URL) for this ``cache`` section and the servers start-up owns."""
+    session_url = cache.url
     if session_url is None:
         assert local.owned_sessions is not None  # owned mode always starts the session store
         session_url = local.owned_sessions.url
-    working_url = config.cache.working_url
+    working_url = cache.working_url
     if working_url is None:
         working_url = local.owned_working.url if local.owned_working is not None else session_url
     return session_url, working_url
+
+
+def central_link(config: AeternaConfig) -> CentralLink:
+    """How this edge reaches central, who it is there and how it signs (``GrpcCentral``'s settings)."""
+    return CentralLink(
+        target=config.sync.central_server.target,
+        settings=central_settings(config),
+        metadata=central_metadata(config),
+        signing_key=edge_signing_key(config.sync.signing),
+        agent_id=config.edge.agent_id,
+        region=config.edge.region,
+        failure_threshold=config.central_server.health_check.failure_threshold,
+    )
 
 
 async def open_edge(config: AeternaConfig, registry: CollectorRegistry | None = None) -> EdgeDeps:
@@ -228,16 +251,17 @@ async def open_edge(config: AeternaConfig, registry: CollectorRegistry | None = 
         data_dir = local.lock.directory
         if config.cache.url is not None:
             await check_session_store(config.cache.url, allow_unsafe=config.cache.allow_unsafe_cache)
-        session_url, working_url = cache_urls(config, local)
+        session_url, working_url = cache_urls(config.cache, local)
         session_cache = RedisCache(session_url)
         stack.push_async_callback(session_cache.close)
         working_cache = RedisCache(working_url)
         stack.push_async_callback(working_cache.close)
         await session_cache.ping()
         await working_cache.ping()
-        central = GrpcCentral(config, incarnation_id=local.outbox.incarnation_id)
+        link_settings = central_link(config)
+        central = GrpcCentral(link_settings, incarnation_id=local.outbox.incarnation_id)
         stack.push_async_callback(central.close)
-        link = LinkMonitor(config, central.check_health, enabled=config.sync.enabled)
+        link = LinkMonitor(config.central_server.health_check, central.check_health, enabled=config.sync.enabled)
         sessions = SessionMemory(session_cache, config.cache.layers.session.ttl)
         sync = SyncEngine(
             config, local.outbox, central, link, sessions, metrics=SyncMetrics(registry) if registry else None
@@ -245,12 +269,24 @@ async def open_edge(config: AeternaConfig, registry: CollectorRegistry | None = 
         sessions.on_dirty = sync.session_written
         layer = config.cache.layers.working
         working = WorkingMemory(working_cache, layer.ttl, max_ttl=layer.max_ttl, cap_ttl=layer.ttl_overflow == "cap")
-        vectors = VectorIndex(config, local.store, central, link, sync)
+        vector_settings = VectorSettings(
+            region=config.edge.region,
+            dimension=config.vector_database.dimension,
+            cache=config.qdrant.cache,
+            central_timeout=link_settings.settings.unary_timeout,
+        )
+        vectors = VectorIndex(vector_settings, local.store, central, link, sync)
         agent = CedarAgent(BundleFile(data_dir / "policy" / "bundle.json"), sync, link)
         watcher = PolicyWatcher(agent, central, link, sync.retry_base)
-        node = EdgeNode(config, working, sessions, vectors, agent, watcher, sync, link, local.outbox, central)
+        episodes = config.sync.episodic_memory
+        node_settings = NodeSettings(
+            edge=config.edge,
+            episode_mode=episodes.mode,
+            episode_sync=config.sync.enabled and episodes.enabled,
+        )
+        node = EdgeNode(node_settings, working, sessions, vectors, agent, watcher, sync, link, local.outbox, central)
         if registry is not None:
             registry.register(OutboxCollector(local.outbox, lambda: link.online, lambda: agent.version, sync.degraded))
         stack.pop_all()
-        return EdgeDeps(node, session_cache, working_cache, local)
+        return EdgeDeps(node, session_cache, working_cache, local, config)
     raise AssertionError("unreachable")  # pragma: no cover - the stack never swallows an exception

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from aeterna_shared.config import AeternaConfig
+from aeterna_shared.config.model import HealthCheck
 from edge_svc.backoff import jittered
 
 _log = logging.getLogger(__name__)
@@ -42,8 +42,8 @@ class LinkState:
 class LinkMonitor:
     """Runs the health checks and owns ``LinkState``."""
 
-    def __init__(self, config: AeternaConfig, probe: HealthProbe, *, enabled: bool = True) -> None:
-        health = config.central_server.health_check
+    def __init__(self, health: HealthCheck, probe: HealthProbe, *, enabled: bool = True) -> None:
+        """``health`` is ``centralServer.healthCheck``; ``enabled`` False (``sync.enabled`` off) never checks."""
         self._interval = health.interval.total_seconds()
         self._timeout = health.timeout.total_seconds()
         self._threshold = health.failure_threshold

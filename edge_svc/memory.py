@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 from aeterna_shared.errors import InvalidArgument
 from edge_svc.ports import Cache, Mutation
-from edge_svc.records import ChangeKind, JsonDict, Message, SessionChange, SessionRecord, now_ns
+from edge_svc.records import ChangeKind, JsonDict, Message, SessionRecord, now_ns
 
 MAX_KEY_BYTES = 512
 
@@ -95,7 +95,8 @@ def pending_key(tenant: str, session_id: str) -> str:
 class DirtySessions:
     """What one collection read: the changes to send, the versions to clear, and the dirty ids with no session."""
 
-    changes: list[SessionChange]
+    changes: list[JsonDict]
+    """Session changes as the outbox holds them (``edge_svc.records``: the stored document, cut to what changed)."""
     versions: dict[str, int]
     missing: list[str]
 
@@ -109,7 +110,8 @@ class SessionMemory:
     plus a small pending-change hash: ``kind`` (``replace`` after a
     PutSession, else ``append``), ``from`` (index of the first turn not yet
     sent) and ``patch`` (state keys set since). The collector turns these into
-    ``SessionChange`` items: a whole session, or only the new turns and keys,
+    session changes without decoding the document into a record
+    (``edge_svc.records``): the whole of it, or only the new turns and keys,
     which central merges. Both keys and the dirty mark change in one
     transaction, retried when another writer got there first. The document
     keeps no TTL until central acknowledged its last change (``release``).
@@ -216,13 +218,13 @@ class SessionMemory:
         ids = list(versions)
         raws = await self.cache.get_many([session_key(tenant, sid) for sid in ids])
         pendings = await self.cache.hashes([pending_key(tenant, sid) for sid in ids])
-        changes: list[SessionChange] = []
+        changes: list[JsonDict] = []
         missing: list[str] = []
         for session_id, raw, pending in zip(ids, raws, pendings, strict=True):
             if raw is None:
                 missing.append(session_id)
                 continue
-            changes.append(_change(*_decode_document(raw), pending))
+            changes.append(_change(json.loads(raw), pending))
         return DirtySessions(changes, versions, missing)
 
     async def clear(self, tenant: str, versions: dict[str, int]) -> int:
@@ -230,9 +232,10 @@ class SessionMemory:
         entries = [(sid, version, pending_key(tenant, sid)) for sid, version in versions.items()]
         return await self.cache.clear_dirty(dirty_hash(tenant), entries)
 
-    async def release(self, tenant: str, acknowledged: list[SessionChange]) -> int:
-        """Central acknowledged these changes: the sessions not changed since may expire (partial ones go now)."""
-        entries = [(c.session.session_id, session_key(tenant, c.session.session_id), c.partial) for c in acknowledged]
+    async def release(self, tenant: str, acknowledged: Sequence[JsonDict]) -> int:
+        """Central acknowledged these session changes (outbox items): the sessions not changed since may
+        expire (partial ones go now)."""
+        entries = [(str(c["id"]), session_key(tenant, str(c["id"])), bool(c.get("partial"))) for c in acknowledged]
         return await self.cache.release(dirty_hash(tenant), entries, self._ttl_ms)
 
     async def dirty_count(self, tenant: str) -> int:
@@ -244,20 +247,21 @@ class SessionMemory:
         return await self.cache.count_keys(session_key(tenant, "*"))
 
 
-def _change(session: SessionRecord, partial: bool, pending: dict[str, str]) -> SessionChange:
-    """The item to send for a dirty session: the whole of it, or its turns and keys since ``from``."""
+def _change(document: JsonDict, pending: dict[str, str]) -> JsonDict:
+    """The session change to send for a dirty session's stored document: the whole of it (kind ``replace``),
+    or its turns since ``from`` and the state keys set since (kind ``append``, with ``partial`` when the
+    copy was started offline). Keys keep the document's order, so the item is the bytes it always was."""
+    partial = bool(document.pop("partial", False))
     if pending.get("kind") != ChangeKind.APPEND.value:
         # A PutSession since the last sync, or a session written before pending hashes existed.
-        return SessionChange(ChangeKind.REPLACE, session)
-    start = int(pending.get("from", "0"))
-    delta = SessionRecord(
-        session_id=session.session_id,
-        user_id=session.user_id,
-        messages=session.messages[start:],
-        last_activity=session.last_activity,
-        tenant_id=session.tenant_id,
-    )
-    return SessionChange(ChangeKind.APPEND, delta, json.loads(pending.get("patch", "{}")), partial)
+        return {**document, "kind": ChangeKind.REPLACE.value}
+    change = {key: value for key, value in document.items() if key != "state"}
+    change["messages"] = document.get("messages", [])[int(pending.get("from", "0")) :]
+    change["kind"] = ChangeKind.APPEND.value
+    if partial:
+        change["partial"] = True
+    change["patch"] = json.loads(pending.get("patch", "{}"))
+    return change
 
 
 def _stamp(messages: list[Message], stamp: int) -> None:

@@ -10,8 +10,9 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
-from aeterna_shared.config import AeternaConfig
+from aeterna_shared.config.model import EdgeSection
 from aeterna_shared.errors import NotFound, PermissionDenied, Unavailable
 from edge_svc.link import LinkMonitor
 from edge_svc.memory import SessionMemory, WorkingMemory
@@ -43,11 +44,23 @@ class EdgeStatus:
     """Channels that cannot make progress although the link is online, with why (``SyncEngine.degraded``)."""
 
 
+@dataclass(frozen=True)
+class NodeSettings:
+    """What the node itself reads: who this edge is, and how an episode reaches central."""
+
+    edge: EdgeSection
+    """This edge's identity: ``agentId``, ``region``, the ``tenantId`` it serves (and its ``dataDir``)."""
+    episode_mode: Literal["eventual", "strong"]
+    """``sync.episodicMemory.mode``: ``strong`` stores an episode at central before the call returns."""
+    episode_sync: bool
+    """``sync.enabled`` and ``sync.episodicMemory.enabled``: eventual episodes are queued for central."""
+
+
 @dataclass
 class EdgeNode:
     """Every part of one edge."""
 
-    config: AeternaConfig
+    settings: NodeSettings
     working: WorkingMemory
     sessions: SessionMemory
     vectors: VectorIndex
@@ -60,9 +73,9 @@ class EdgeNode:
 
     def tenant_of(self, tenant: str) -> str:
         """The caller's tenant, which must be the one this edge serves."""
-        if tenant != self.config.edge.tenant_id:
+        if tenant != self.settings.edge.tenant_id:
             raise PermissionDenied(
-                f"this edge serves tenant {self.config.edge.tenant_id!r}; the credential is for {tenant!r}",
+                f"this edge serves tenant {self.settings.edge.tenant_id!r}; the credential is for {tenant!r}",
                 reason="TENANT_MISMATCH",
                 metadata={"tenant_id": tenant},
             )
@@ -126,21 +139,21 @@ class EdgeNode:
         episode.tenant_id = tenant
         if episode.embedding:
             validate_embedding("episode.embedding", episode.embedding, self.vectors.dimension)
-        if self.config.sync.episodic_memory.mode == "strong":
+        if self.settings.episode_mode == "strong":
             await self.sync.store_episode_now(episode)
             return True
-        if not (self.config.sync.enabled and self.config.sync.episodic_memory.enabled):
+        if not self.settings.episode_sync:
             raise Unavailable("episodic sync is disabled on this edge; the episode cannot reach central")
         await self.sync.queue_episode(episode)
         return False
 
     async def status(self) -> EdgeStatus:
         """A snapshot of the edge's state."""
-        tenant = self.config.edge.tenant_id
+        tenant = self.settings.edge.tenant_id
         queues = await asyncio.to_thread(self.outbox.stats)
         return EdgeStatus(
-            agent_id=self.config.edge.agent_id,
-            region=self.config.edge.region,
+            agent_id=self.settings.edge.agent_id,
+            region=self.settings.edge.region,
             online=self.link.online,
             link_change_time=self.link.state.changed_at,
             consecutive_failures=self.link.state.consecutive_failures,

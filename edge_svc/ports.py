@@ -102,14 +102,13 @@ class RefusedItem:
 
 
 @dataclass(frozen=True)
-class DeadLetter:
-    """One row of the dead-letter store."""
+class DeadLetter(OutboxBatch):
+    """One row of the dead-letter store: a batch (or the items of one that central refused) out of the queue."""
 
-    sequence: int
-    batch_id: str
     reason: str
+    """Why it left the queue: ``expired``, ``overflow``, ``refused:<REASON>``, ..."""
     detail: str
-    items: list[JsonDict]
+    """Central's message, for what central refused."""
 
 
 @dataclass(frozen=True)

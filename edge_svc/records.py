@@ -4,6 +4,33 @@ Times are integer nanoseconds since the epoch so that a value survives a round
 trip through JSON and protobuf unchanged (the session checksum depends on it).
 Every record converts to and from a JSON-ready dict, which is how the cache and
 the outbox store it.
+
+How many shapes a session takes on its way to central
+-----------------------------------------------------
+
+Before (issue 13, item 8) it changed shape six times between the handler and
+the wire::
+
+    proto --codec--> SessionRecord --to_json--> JSON document in Redis (+ pending-change hash)
+      --collect: from_json--> SessionRecord, wrapped in a SessionChange --to_json--> JSON item in SQLite
+      --send: SessionChange.from_json--> SessionChange(SessionRecord) --codec--> proto (SyncSessionsRequest)
+
+Now it has three shapes (proto, record, JSON), and its JSON is one format::
+
+    proto --codec--> SessionRecord --to_json--> JSON document in Redis (+ pending-change hash)
+      --collect: the same document, cut to what changed (memory._change)--> JSON item in SQLite
+      --send: codec.session_changes_to_proto--> proto (SyncSessionsRequest)
+
+The record lives where the edge's logic needs one (the handler, ``EdgeNode``,
+``SessionMemory.put/append/get``); from Redis on, a session stays the JSON it
+was written as. A *session change*, the outbox item of the sessions channel,
+is that document plus ``kind`` (``ChangeKind``, see ``change_kind``):
+``replace`` carries it whole; ``append`` drops ``state``, keeps only the turns
+not yet sent, and adds ``patch`` (the state keys set since) and, for a copy
+started offline, ``partial``. The stored bytes, in Redis and in SQLite, are
+those the earlier code wrote, and so are the wire messages
+(``tests/edge/test_records_session_formats.py``). At central a session is
+proto -> record -> rows.
 """
 
 from __future__ import annotations
@@ -121,34 +148,9 @@ class ChangeKind(StrEnum):
     """Only turns were appended and state keys set: central merges them into its copy."""
 
 
-@dataclass
-class SessionChange:
-    """One outbox item of the session channel: a whole session, or the turns and state keys added to it."""
-
-    kind: ChangeKind
-    session: SessionRecord
-    """REPLACE: the whole session. APPEND: only the new turns (``state`` unused)."""
-    state_patch: JsonDict = field(default_factory=dict)
-    """APPEND: the state keys set since the last sync."""
-    partial: bool = False
-    """The edge's copy lacks turns central holds (started offline): drop it once central acknowledged."""
-
-    def to_json(self) -> JsonDict:
-        """A JSON-ready dict (the session's own keys, plus the kind and the patch)."""
-        document = self.session.to_json()
-        document["kind"] = self.kind.value
-        if self.partial:
-            document["partial"] = True
-        if self.kind is ChangeKind.APPEND:
-            document["patch"] = self.state_patch
-            del document["state"]
-        return document
-
-    @classmethod
-    def from_json(cls, data: JsonDict) -> SessionChange:
-        """Inverse of ``to_json``; an item without a kind (an older outbox) is a whole session."""
-        kind = ChangeKind(data.get("kind", ChangeKind.REPLACE.value))
-        return cls(kind, SessionRecord.from_json(data), dict(data.get("patch") or {}), bool(data.get("partial")))
+def change_kind(item: JsonDict) -> ChangeKind:
+    """The kind of a session change (an outbox item); an item without one (an older outbox) is a whole session."""
+    return ChangeKind(item.get("kind", ChangeKind.REPLACE.value))
 
 
 @dataclass

@@ -70,6 +70,8 @@ class EdgeServer:
     health: health.aio.HealthServicer
     node: EdgeNode | None = None
     """The node whose sync state ``aeterna.sync`` reports (None: not reported)."""
+    sync_poll_seconds: float = 5.0
+    """How often the sync state is looked at: ``centralServer.healthCheck.interval``, within [0.1, 5] s."""
     _watcher: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _sync_degraded: bool | None = field(default=None, init=False, repr=False)
 
@@ -99,9 +101,8 @@ class EdgeServer:
 
     async def _watch_sync(self) -> None:
         assert self.node is not None
-        interval = min(max(self.node.config.central_server.health_check.interval.total_seconds(), 0.1), 5.0)
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.sync_poll_seconds)
             try:
                 await self.report_sync()
             except Exception:
@@ -127,8 +128,9 @@ def create_server(config: AeternaConfig, deps: EdgeNode) -> tuple[EdgeServer, in
         compression=config.sync.network.compression,
         max_message_bytes=config.sync.batch.max_bytes,
     )
-    port = bind(server, config.edge.listen_host, config.edge.listen_port, server_credentials(config))
-    return EdgeServer(server, health_servicer, deps), port
+    port = bind(server, config.edge.listen_host, config.edge.listen_port, server_credentials(config.tls))
+    poll = min(max(config.central_server.health_check.interval.total_seconds(), 0.1), 5.0)
+    return EdgeServer(server, health_servicer, deps, poll), port
 
 
 def write_ready_file(path: Path, port: int, metrics_port: int) -> None:
@@ -144,20 +146,20 @@ async def run(config: AeternaConfig, ready_file: Path | None) -> int:
     registry = prometheus_client.REGISTRY
     deps = await open_edge(config, registry)
     try:
-        return await _serve(config, deps, registry, ready_file)
+        return await _serve(deps, registry, ready_file)
     finally:
         await deps.close()
 
 
-async def _serve(config: AeternaConfig, deps: EdgeDeps, registry: CollectorRegistry, ready_file: Path | None) -> int:
-    node = deps.node
+async def _serve(deps: EdgeDeps, registry: CollectorRegistry, ready_file: Path | None) -> int:
+    config, node = deps.config, deps.node
     edge_server, port = create_server(config, node)  # binds: an occupied port fails here
     endpoint: MetricsEndpoint | None = None
     health_server = None
     try:
         metrics_port = 0
         if config.telemetry.metrics_enabled:
-            endpoint = serve_metrics(config, registry=registry)
+            endpoint = serve_metrics(config.telemetry, registry=registry)
             metrics_port = endpoint.port
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -197,7 +199,7 @@ def main(config_path: str | None, ready_file: str | None) -> int:
     unsafe cache, ...) is one clear ERROR line and exit status 1."""
     config = load_config(config_path)
     configure_logging(config, "edge")
-    install_tracer_provider(config, "edge")
+    install_tracer_provider(config.telemetry, "edge")
     try:
         return asyncio.run(run(config, Path(ready_file) if ready_file else None))
     except AeternaError as error:

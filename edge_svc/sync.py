@@ -4,10 +4,12 @@ Order of operations is what makes it crash-safe:
 
 1. the session collector reads dirty sessions (and their dirty versions) from
    the session store as changes (a whole session after a PutSession, else only
-   the turns and state keys added since the last sync), commits them to the
-   outbox as a batch, and only then clears the dirty marks whose version did
-   not change meanwhile — a crash between the two resends a change (central
-   keeps each turn once, by message id), never loses one;
+   the turns and state keys added since the last sync; each is the session's
+   stored JSON document cut to what changed, see the shape map in
+   ``edge_svc.records``), commits them to the outbox as a batch, and only
+   then clears the dirty marks whose version did not change meanwhile — a
+   crash between the two resends a change (central keeps each turn once, by
+   message id), never loses one;
 2. a drain sends the oldest batches of a channel in sequence order, signed at
    send time, and deletes each batch only when its ack arrives;
 3. on every (re)connect the engine asks central for its checkpoints, drops
@@ -86,7 +88,6 @@ from edge_svc.records import (
     EpisodeRecord,
     JsonDict,
     OutboxBatch,
-    SessionChange,
     VectorRecord,
 )
 
@@ -327,8 +328,7 @@ class SyncEngine:
                         len(dirty.missing),
                         ", ".join(sorted(dirty.missing)[:10]),
                     )
-                items = [change.to_json() for change in dirty.changes]
-                for chunk in _split_by_bytes(items, self._max_bytes):
+                for chunk in _split_by_bytes(dirty.changes, self._max_bytes):
                     await asyncio.to_thread(self._outbox.enqueue, Channel.SESSIONS, chunk)
                     queued += len(chunk)
                 # Only now, with the batch durable, may the dirty marks go.
@@ -419,8 +419,7 @@ class SyncEngine:
 
     async def _release_sessions(self, applied: Sequence[OutboxBatch]) -> None:
         """Central has applied these session batches: their local copies may expire (step 4 of the order above)."""
-        changes = [SessionChange.from_json(item) for batch in applied for item in batch.items]
-        await self._sessions.release(self._tenant, changes)
+        await self._sessions.release(self._tenant, [item for batch in applied for item in batch.items])
 
     async def _settle(self, channel: Channel, acks: Sequence[Ack], result: DrainResult) -> None:
         """Remove acknowledged batches; the items central refused in them go to the dead letters, in one commit."""

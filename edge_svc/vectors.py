@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from aeterna_shared.config import AeternaConfig
+from aeterna_shared.config.model import QdrantCache
 from aeterna_shared.errors import InvalidArgument
 from edge_svc.link import LinkMonitor
 from edge_svc.ports import Central, VectorStore
@@ -92,12 +92,26 @@ def validate_embedding(field_name: str, values: Sequence[float], dimension: int)
         raise InvalidArgument.for_field(field_name, "contains NaN or infinite components")
 
 
+@dataclass(frozen=True)
+class VectorSettings:
+    """What the vector index reads, from the sections that hold it."""
+
+    region: str
+    """``edge.region``: stamped on local writes."""
+    dimension: int
+    """``vectorDatabase.dimension``."""
+    cache: QdrantCache
+    """``qdrant.cache``: whether and how many central-fetched vectors are kept, for how long."""
+    central_timeout: float
+    """Seconds the fallback waits for central (``sync.centralServer.timeout``)."""
+
+
 class VectorIndex:
     """Vectors at the edge: local writes, local search, fallback and cache."""
 
     def __init__(
         self,
-        config: AeternaConfig,
+        settings: VectorSettings,
         store: VectorStore,
         central: Central,
         link: LinkMonitor,
@@ -107,12 +121,11 @@ class VectorIndex:
         self._central = central
         self._link = link
         self._sync = sync
-        self._region = config.edge.region
-        self._dimension = config.vector_database.dimension
-        qcache = config.qdrant.cache
-        self._cache_enabled = qcache.enabled
-        self._cache = VectorCache(qcache.size, qcache.ttl.total_seconds())
-        self._timeout = config.sync.central_server.timeout.total_seconds()
+        self._region = settings.region
+        self._dimension = settings.dimension
+        self._cache_enabled = settings.cache.enabled
+        self._cache = VectorCache(settings.cache.size, settings.cache.ttl.total_seconds())
+        self._timeout = settings.central_timeout
         self._since_optimize = 0
         self._background: set[asyncio.Task[None]] = set()
 

@@ -37,7 +37,7 @@ import yaml
 
 from aeterna_security.identity import Identity
 from aeterna_security.tls import identity_from_certificate, peer_certificate_pem
-from aeterna_shared.config import AeternaConfig
+from aeterna_shared.config.model import AuthConfig, JwtVerification
 from aeterna_shared.errors import InvalidArgument, Unauthenticated
 from interceptors.auth import Authenticator, DevelopmentAuthenticator
 
@@ -78,13 +78,12 @@ class ApiKeyAuthenticator:
         return identity
 
     @classmethod
-    def from_config(cls, config: AeternaConfig) -> ApiKeyAuthenticator:
+    def from_config(cls, api_keys_file: str | None, development_keys: Mapping[str, str]) -> ApiKeyAuthenticator:
         """Load ``sync.auth.apiKeysFile`` and the development ``central.apiKeys`` (hashed here)."""
         table: dict[str, Identity] = {}
-        path = config.sync.auth.api_keys_file
-        if path:
-            table.update(load_api_keys_file(Path(path)))
-        for agent_id, key in config.central.api_keys.items():
+        if api_keys_file:
+            table.update(load_api_keys_file(Path(api_keys_file)))
+        for agent_id, key in development_keys.items():
             table[hash_api_key(key)] = Identity(
                 agent_id=agent_id, tenant_id="default", scopes=frozenset({"*"}), method="apiKey"
             )
@@ -210,8 +209,7 @@ def verify_jwt(token: str, keys: JwksKeys, rules: JwtRules) -> dict[str, Any]:
     return claims
 
 
-def _rules(config: AeternaConfig) -> JwtRules:
-    verification = config.sync.auth.jwt
+def _rules(verification: JwtVerification) -> JwtRules:
     return JwtRules(
         issuer=verification.issuer,
         audience=verification.audience,
@@ -220,12 +218,10 @@ def _rules(config: AeternaConfig) -> JwtRules:
     )
 
 
-def _jwks(config: AeternaConfig) -> JwksKeys:
-    path = config.sync.auth.jwt.jwks_file
+def _jwks(auth: AuthConfig) -> JwksKeys:
+    path = auth.jwt.jwks_file
     if not path:
-        raise InvalidArgument(
-            f"sync.auth.method {config.sync.auth.method} needs sync.auth.jwt.jwksFile", reason="INVALID_CONFIG"
-        )
+        raise InvalidArgument(f"sync.auth.method {auth.method} needs sync.auth.jwt.jwksFile", reason="INVALID_CONFIG")
     return JwksKeys(Path(path))
 
 
@@ -271,12 +267,12 @@ class OAuth2Authenticator:
         )
 
     @classmethod
-    def from_config(cls, config: AeternaConfig) -> OAuth2Authenticator:
+    def from_config(cls, auth: AuthConfig) -> OAuth2Authenticator:
         """From ``sync.auth.jwt``."""
-        verification = config.sync.auth.jwt
+        verification = auth.jwt
         return cls(
-            _jwks(config),
-            _rules(config),
+            _jwks(auth),
+            _rules(verification),
             agent_claim=verification.agent_id_claim,
             tenant_claim=verification.tenant_claim,
             region_claim=verification.region_claim,
@@ -313,9 +309,9 @@ class ServiceAccountAuthenticator:
         )
 
     @classmethod
-    def from_config(cls, config: AeternaConfig) -> ServiceAccountAuthenticator:
+    def from_config(cls, auth: AuthConfig) -> ServiceAccountAuthenticator:
         """From ``sync.auth.jwt`` (the cluster issuer) and ``sync.auth.serviceAccount.subjects``."""
-        return cls(_jwks(config), _rules(config), config.sync.auth.service_account.subjects)
+        return cls(_jwks(auth), _rules(auth.jwt), auth.service_account.subjects)
 
 
 class CertificateAuthenticator:
@@ -332,17 +328,30 @@ class CertificateAuthenticator:
         return Identity(agent_id=agent, tenant_id=tenant, scopes=frozenset({"sync", "agent"}), method="mtls")
 
 
-def authenticator_from_config(config: AeternaConfig) -> Authenticator:
+@dataclass(frozen=True)
+class AuthSettings:
+    """What choosing and building an authenticator reads, from three sections of the configuration."""
+
+    auth: AuthConfig
+    """``sync.auth``: the method and its settings."""
+    client_cert_required: bool
+    """``tls.enabled`` and ``tls.requireClientCert``: gRPC verifies a client certificate on every call."""
+    development_keys: Mapping[str, str]
+    """``central.apiKeys``: development API keys by agent id, hashed at load."""
+
+
+def authenticator_from_config(settings: AuthSettings) -> Authenticator:
     """The authenticator ``sync.auth.method`` selects."""
-    method = config.sync.auth.method
+    auth = settings.auth
+    method = auth.method
     if method == "apiKey":
-        return ApiKeyAuthenticator.from_config(config)
+        return ApiKeyAuthenticator.from_config(auth.api_keys_file, settings.development_keys)
     if method == "oauth2":
-        return OAuth2Authenticator.from_config(config)
+        return OAuth2Authenticator.from_config(auth)
     if method == "serviceAccount":
-        return ServiceAccountAuthenticator.from_config(config)
+        return ServiceAccountAuthenticator.from_config(auth)
     if method == "mtls":
-        if not (config.tls.enabled and config.tls.require_client_cert):
+        if not settings.client_cert_required:
             raise InvalidArgument(
                 "sync.auth.method mtls needs tls.enabled and tls.requireClientCert", reason="INVALID_CONFIG"
             )

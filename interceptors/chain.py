@@ -25,7 +25,7 @@ from grpc import aio
 from aeterna_security.tls import check_client_pin
 from aeterna_shared.config import AeternaConfig
 from interceptors.auth import Authenticator, AuthInterceptor, IdentityCheck
-from interceptors.authenticators import authenticator_from_config
+from interceptors.authenticators import AuthSettings, authenticator_from_config
 from interceptors.errors import ErrorMappingInterceptor
 from interceptors.ratelimit import Limiter, RateLimitInterceptor, StreamLimitInterceptor, limiter_from_config
 from interceptors.telemetry import MetricsInterceptor, RpcMetrics, Telemetry, tracing_server_interceptor
@@ -57,16 +57,24 @@ def server_interceptors(
         chain.append(MetricsInterceptor(metrics))
     checks: list[IdentityCheck] = []
     if config.tls.client_pins:
-        checks.append(partial(check_client_pin, config))
+        checks.append(partial(check_client_pin, config.tls.client_pins))
+    if authenticator is None:
+        authenticator = authenticator_from_config(
+            AuthSettings(
+                auth=config.sync.auth,
+                client_cert_required=config.tls.enabled and config.tls.require_client_cert,
+                development_keys=config.central.api_keys,
+            )
+        )
     chain.append(
         AuthInterceptor(
-            authenticator or authenticator_from_config(config),
+            authenticator,
             checks=checks,
             on_failure=metrics.on_auth_failure if metrics else None,
         )
     )
     on_limited = metrics.on_limited if metrics else None
-    chain.append(RateLimitInterceptor(limiter or limiter_from_config(config), on_limited=on_limited))
+    chain.append(RateLimitInterceptor(limiter or limiter_from_config(config.sync), on_limited=on_limited))
     chain.append(StreamLimitInterceptor(config.sync.max_streams_per_identity, on_limited=on_limited))
     chain.append(ErrorMappingInterceptor())
     return chain

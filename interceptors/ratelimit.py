@@ -27,7 +27,7 @@ import grpc
 from grpc import aio
 
 from aeterna_security.identity import peek_identity
-from aeterna_shared.config import AeternaConfig
+from aeterna_shared.config.model import SyncConfig
 from aeterna_shared.errors import ResourceExhausted
 from interceptors.errors import abort
 from interceptors.handlers import PUBLIC_PREFIXES, HookedInterceptor, PassThrough, UnaryCall, wrap_handler
@@ -138,12 +138,12 @@ class RedisTokenBucketLimiter:
         await self._client.aclose()
 
 
-def limiter_from_config(config: AeternaConfig) -> Limiter:
+def limiter_from_config(sync: SyncConfig) -> Limiter:
     """``sync.rateLimit``/``rateLimitBurst``, in Redis when ``sync.rateLimitRedisUrl`` is set."""
-    rate = config.sync.rate_per_second
-    burst = float(config.sync.rate_limit_burst or max(1, math.ceil(rate)))
-    if config.sync.rate_limit_redis_url:
-        return RedisTokenBucketLimiter(config.sync.rate_limit_redis_url, rate, burst)
+    rate = sync.rate_per_second
+    burst = float(sync.rate_limit_burst or max(1, math.ceil(rate)))
+    if sync.rate_limit_redis_url:
+        return RedisTokenBucketLimiter(sync.rate_limit_redis_url, rate, burst)
     return TokenBucketLimiter(rate, burst)
 
 

@@ -32,7 +32,7 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor, filters
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from aeterna_shared.config import AeternaConfig
+from aeterna_shared.config.model import TelemetrySection
 from aeterna_shared.errors import AeternaError
 from interceptors.errors import code_for
 from interceptors.handlers import HookedInterceptor, PassThrough, UnaryCall
@@ -211,26 +211,26 @@ class MetricsEndpoint:
 
 
 def serve_metrics(
-    config: AeternaConfig, *, registry: CollectorRegistry | None = None, port: int | None = None
+    telemetry: TelemetrySection, *, registry: CollectorRegistry | None = None, port: int | None = None
 ) -> MetricsEndpoint:
     """Serve ``registry`` on ``telemetry.metricsHost``:``telemetry.metricsPort`` (0 picks a port)."""
-    bind_port = config.telemetry.metrics_port if port is None else port
+    bind_port = telemetry.metrics_port if port is None else port
     server, thread = prometheus_client.start_http_server(
         bind_port,
-        addr=config.telemetry.metrics_host,
+        addr=telemetry.metrics_host,
         registry=registry if registry is not None else prometheus_client.REGISTRY,
     )
     return MetricsEndpoint(port=int(server.server_port), server=server, thread=thread)
 
 
-def start_metrics_server(config: AeternaConfig, *, registry: CollectorRegistry | None = None) -> int:
+def start_metrics_server(telemetry: TelemetrySection, *, registry: CollectorRegistry | None = None) -> int:
     """Start ``/metrics`` (a daemon thread) and return the bound port; 0 when ``telemetry.metricsEnabled`` is off."""
-    if not config.telemetry.metrics_enabled:
+    if not telemetry.metrics_enabled:
         return 0
-    return serve_metrics(config, registry=registry).port
+    return serve_metrics(telemetry, registry=registry).port
 
 
-def install_tracer_provider(config: AeternaConfig, service: str) -> None:
+def install_tracer_provider(telemetry: TelemetrySection, service: str) -> None:
     """Give the process an SDK tracer provider when tracing is on.
 
     Without one the OpenTelemetry API hands out no-op spans: no trace ids in
@@ -238,7 +238,7 @@ def install_tracer_provider(config: AeternaConfig, service: str) -> None:
     the deployment's choice (an OpenTelemetry Collector sidecar or the
     ``OTEL_*`` environment of an exporter package); ids exist either way.
     """
-    if not config.telemetry.tracing_enabled:
+    if not telemetry.tracing_enabled:
         return
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415 - only processes that trace need the SDK
     from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415

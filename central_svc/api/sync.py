@@ -16,7 +16,7 @@ from grpc import aio
 from aeterna_security.identity import current_identity
 from aeterna_security.keys import SigningKeyring
 from aeterna_shared import limits
-from aeterna_shared.config import AeternaConfig
+from aeterna_shared.config.model import SyncConfig
 from aeterna_shared.errors import InvalidArgument
 from aeterna_shared.wire.canonical import session_checksum
 from central_svc import page_tokens
@@ -38,9 +38,8 @@ Context = aio.ServicerContext[Any, Any]
 class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
     """Every RPC of the sync API; all logic lives in the domain objects of ``CentralDeps``."""
 
-    def __init__(self, config: AeternaConfig, deps: CentralDeps, keyring: SigningKeyring) -> None:
+    def __init__(self, sync: SyncConfig, deps: CentralDeps, keyring: SigningKeyring) -> None:
         self._deps = deps
-        sync = config.sync
         self._admission = AdmissionRules.from_config(sync, keyring.key_for, deps.clock)
         self._intervals = {
             Channel.SESSIONS: sync.session_interval,

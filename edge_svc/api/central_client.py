@@ -1,11 +1,12 @@
 """The gRPC adapter of the ``Central`` port: everything the edge asks of central.
 
 The channel comes from ``aeterna_client.channel.open_channel`` with the
-settings ``central_settings(config)`` derives from the sync, tls, edge and
-telemetry sections (TLS, pinning and credentials live there) and every call carries
-``central_metadata(config)`` and a deadline. Batches are signed here, at send
-time, with a fresh ``sent_time`` on every attempt, so that a batch that waited
-offline for an hour is still inside central's freshness window. Every batch
+settings of a ``CentralLink`` (``deps.central_link`` derives them once from the
+sync, tls, edge, telemetry and centralServer sections: TLS, pinning and
+credentials live there) and every call carries its ``metadata`` and a
+deadline. Batches are signed here, at send time, with a fresh ``sent_time`` on
+every attempt, so that a batch that waited offline for an hour is still inside
+central's freshness window. Every batch
 header and checkpoint request carries the outbox's incarnation id, so central
 keeps the sequences of a re-provisioned edge (a new data directory, the same
 agent id) apart from those of its previous incarnation.
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -27,22 +29,18 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from aeterna_client.channel import central_metadata, central_settings, open_channel
-from aeterna_security.keys import edge_signing_key
-from aeterna_shared.config import AeternaConfig
+from aeterna_client.channel import ClientSettings, open_channel
 from aeterna_shared.errors import AeternaError, AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from aeterna_shared.wire.canonical import sign_batch
 from edge_svc.api import codec
 from edge_svc.records import (
     Ack,
-    ChangeKind,
     Channel,
     DecisionRecord,
     EpisodeRecord,
     OutboxBatch,
     PolicyBundleRecord,
     ScoredRecord,
-    SessionChange,
     SessionRecord,
     VectorRecord,
     now_ns,
@@ -101,19 +99,41 @@ def _ack(ack: sync_pb2.BatchAck) -> Ack:
     )
 
 
+@dataclass(frozen=True)
+class CentralLink:
+    """What ``GrpcCentral`` needs: where central is, how to reach it, who this edge is and how it signs."""
+
+    target: str
+    """``sync.centralServer``'s gRPC target."""
+    settings: ClientSettings
+    """TLS, pins, credentials, compression and deadlines of the channel (``settings.unary_timeout`` is
+    ``sync.centralServer.timeout``, the deadline of every unary call)."""
+    metadata: tuple[tuple[str, str], ...]
+    """Development identity headers sent with every call."""
+    signing_key: bytes
+    """The edge's batch-signing key (``sync.signing``)."""
+    agent_id: str
+    """``edge.agentId``, named in every batch header."""
+    region: str
+    """``edge.region``, named in every batch header and excluded from central's vector search."""
+    failure_threshold: int
+    """``centralServer.healthCheck.failureThreshold``: silent health checks in a row before a new connection."""
+
+
 class GrpcCentral:
     """Central, reached over one long-lived channel."""
 
-    def __init__(self, config: AeternaConfig, *, incarnation_id: str = "") -> None:
+    def __init__(self, link: CentralLink, *, incarnation_id: str = "") -> None:
         """``incarnation_id`` is the outbox's (``Outbox.incarnation_id``); empty for an edge without one."""
-        self._config = config
         self._incarnation = incarnation_id
-        self._metadata = central_metadata(config)
-        self._target = config.sync.central_server.target
-        self._settings = central_settings(config)
-        self._timeout = config.sync.central_server.timeout.total_seconds()
-        self._key = edge_signing_key(config)
-        self._threshold = config.central_server.health_check.failure_threshold
+        self._metadata = link.metadata
+        self._target = link.target
+        self._settings = link.settings
+        self._timeout = link.settings.unary_timeout
+        self._key = link.signing_key
+        self._agent_id = link.agent_id
+        self._region = link.region
+        self._threshold = link.failure_threshold
         self._silent_checks = 0
         self._retired: set[asyncio.Task[None]] = set()
         self._open()
@@ -140,8 +160,8 @@ class GrpcCentral:
             batch_id=batch.batch_id,
             sequence=batch.sequence,
             floor_sequence=floor,
-            agent_id=self._config.edge.agent_id,
-            region=self._config.edge.region,
+            agent_id=self._agent_id,
+            region=self._region,
             sent_time=codec.ts(now_ns()),
             incarnation_id=self._incarnation,
         )
@@ -233,12 +253,8 @@ class GrpcCentral:
         return acks
 
     def _sessions_request(self, batch: OutboxBatch, floor: int) -> sync_pb2.SyncSessionsRequest:
-        changes = [SessionChange.from_json(item) for item in batch.items]
-        request = sync_pb2.SyncSessionsRequest(
-            header=self._header(batch, floor),
-            sessions=[codec.session_to_proto(c.session) for c in changes if c.kind is ChangeKind.REPLACE],
-            appends=[codec.append_to_proto(c) for c in changes if c.kind is ChangeKind.APPEND],
-        )
+        sessions, appends = codec.session_changes_to_proto(batch.items)
+        request = sync_pb2.SyncSessionsRequest(header=self._header(batch, floor), sessions=sessions, appends=appends)
         sign_batch(request, self._key)
         return request
 
@@ -290,9 +306,7 @@ class GrpcCentral:
                 embedding=list(embedding),
                 limit=limit,
                 score_threshold=score_threshold,
-                filter=sync_pb2.VectorFilter(
-                    exclude_regions=[self._config.edge.region], exclude_vector_ids=list(exclude_ids)
-                ),
+                filter=sync_pb2.VectorFilter(exclude_regions=[self._region], exclude_vector_ids=list(exclude_ids)),
             ),
             metadata=self._metadata,
             timeout=self._timeout,

@@ -1,4 +1,4 @@
-"""Translation between the edge's records and protobuf messages, in both directions."""
+"""Translation between the edge's records (for sessions also their stored JSON) and protobuf messages, both ways."""
 
 from __future__ import annotations
 
@@ -15,15 +15,16 @@ from aeterna_shared.errors import InvalidArgument
 from aeterna_shared.wire.canonical import session_checksum
 from aeterna_shared.wire.validation import check_timestamp, json_of
 from edge_svc.records import (
+    ChangeKind,
     DecisionRecord,
     EpisodeRecord,
     JsonDict,
     Message,
     PolicyBundleRecord,
     ScoredRecord,
-    SessionChange,
     SessionRecord,
     VectorRecord,
+    change_kind,
 )
 
 
@@ -85,43 +86,58 @@ def _cedar_value(value: Any, path: str) -> Any:
 
 def session_to_proto(record: SessionRecord) -> memory_pb2.Session:
     """The protobuf session, with its checksum."""
+    return document_to_proto(record.to_json())
+
+
+def document_to_proto(document: JsonDict) -> memory_pb2.Session:
+    """The protobuf session, with its checksum, of a session's JSON document (``SessionRecord.to_json``),
+    as session memory stores it and a ``replace`` change carries it to the outbox."""
     message = memory_pb2.Session(
-        session_id=record.session_id,
-        user_id=record.user_id,
-        messages=[_message_to_proto(m) for m in record.messages],
-        last_activity_time=ts(record.last_activity),
+        session_id=document["id"],
+        user_id=document.get("user", ""),
+        messages=[_message_to_proto(m) for m in document.get("messages", [])],
     )
-    if record.state:
-        message.state.CopyFrom(struct(record.state))
-    if not record.last_activity:
-        message.ClearField("last_activity_time")
+    if document.get("state"):
+        message.state.CopyFrom(struct(document["state"]))
+    if document.get("t"):
+        message.last_activity_time.CopyFrom(ts(int(document["t"])))
     message.checksum = session_checksum(message)
-    message.tenant_id = record.tenant_id
+    message.tenant_id = document.get("tenant", "")
     return message
 
 
-def append_to_proto(change: SessionChange) -> sync_pb2.SessionAppend:
-    """An APPEND change as the wire's ``SessionAppend``, with its checksum."""
-    record = change.session
+def append_to_proto(change: JsonDict) -> sync_pb2.SessionAppend:
+    """An ``append`` session change (an outbox item, ``edge_svc.records``) as the wire's ``SessionAppend``,
+    with its checksum."""
     message = sync_pb2.SessionAppend(
-        session_id=record.session_id,
-        user_id=record.user_id,
-        messages=[_message_to_proto(m) for m in record.messages],
-        last_activity_time=ts(record.last_activity),
+        session_id=change["id"],
+        user_id=change.get("user", ""),
+        messages=[_message_to_proto(m) for m in change.get("messages", [])],
+        last_activity_time=ts(int(change.get("t", 0))),
     )
-    if change.state_patch:
-        message.state_patch.CopyFrom(struct(change.state_patch))
+    if change.get("patch"):
+        message.state_patch.CopyFrom(struct(change["patch"]))
     message.checksum = session_checksum(message)
-    message.tenant_id = record.tenant_id
+    message.tenant_id = change.get("tenant", "")
     return message
 
 
-def _message_to_proto(record: Message) -> memory_pb2.SessionMessage:
-    message = memory_pb2.SessionMessage(role=record.role, content=record.content, message_id=record.message_id)
-    if record.create_time:
-        message.create_time.CopyFrom(ts(record.create_time))
-    if record.metadata:
-        message.metadata.CopyFrom(struct(record.metadata))
+def session_changes_to_proto(
+    changes: Sequence[JsonDict],
+) -> tuple[list[memory_pb2.Session], list[sync_pb2.SessionAppend]]:
+    """The whole sessions and the appends of a ``SyncSessionsRequest``, straight from outbox items."""
+    sessions = [document_to_proto(c) for c in changes if change_kind(c) is ChangeKind.REPLACE]
+    appends = [append_to_proto(c) for c in changes if change_kind(c) is ChangeKind.APPEND]
+    return sessions, appends
+
+
+def _message_to_proto(turn: JsonDict) -> memory_pb2.SessionMessage:
+    """One turn of a session's JSON document (``Message.to_json``)."""
+    message = memory_pb2.SessionMessage(role=turn["role"], content=turn["content"], message_id=turn.get("id", ""))
+    if turn.get("t"):
+        message.create_time.CopyFrom(ts(int(turn["t"])))
+    if turn.get("meta"):
+        message.metadata.CopyFrom(struct(turn["meta"]))
     return message
 
 

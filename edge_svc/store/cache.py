@@ -20,13 +20,14 @@ What makes session memory safe here:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aredis
 import redis.exceptions as redis_errors
 
 from aeterna_shared.errors import Aborted, ResourceExhausted, Unavailable
+from edge_svc.ports import Mutation
 
 # Clears a session's dirty mark only when its version is still the one the
 # collector read, so that a write landing between the read and the clear stays
@@ -67,9 +68,6 @@ return released
 
 _MAX_UPDATE_ATTEMPTS = 200
 """Optimistic retries of one session update before ABORTED (only under extreme contention on one session)."""
-
-Mutation = Callable[[bytes | None, dict[str, str]], tuple[bytes, dict[str, str]]]
-"""(current value or None, current pending hash) -> (new value, new pending hash)."""
 
 
 @contextlib.asynccontextmanager

@@ -440,11 +440,14 @@ class SqliteOutbox:
         where, params = ("AND batch_id = ?", (batch_id,)) if batch_id is not None else ("", ())
         with self._reading("dead_letter_rows"):
             rows = self._db.execute(
-                f"SELECT sequence, batch_id, reason, detail, payload FROM dead_letters WHERE channel = ? {where}"
-                " ORDER BY id",
+                f"SELECT sequence, batch_id, created, payload, reason, detail FROM dead_letters WHERE channel = ?"
+                f" {where} ORDER BY id",
                 (channel.value, *params),
             ).fetchall()
-        return [DeadLetter(int(q), str(b), str(r), str(d), list(json.loads(p))) for q, b, r, d, p in rows]
+        return [
+            DeadLetter(channel, int(q), str(b), float(c), list(json.loads(p)), str(r), str(d))
+            for q, b, c, p, r, d in rows
+        ]
 
 
 __all__ = [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,11 +16,10 @@ from google.protobuf import timestamp_pb2
 from grpc import aio
 
 from aeterna_security.keys import DEVELOPMENT_KEY
-from aeterna_server.server import mark_serving
 from aeterna_shared.config import AeternaConfig
 from aeterna_shared.wire.canonical import session_checksum, sign_batch
 from central_svc.deps import CentralDeps, build_deps
-from central_svc.server import SERVICE_NAMES, create_server
+from central_svc.server import CentralServer, create_server
 from central_svc.store.database import Database
 from tests.support.postgres import TEST_VECTOR_DIMENSION
 
@@ -99,16 +98,16 @@ class Central:
 
     config: AeternaConfig
     deps: CentralDeps
-    server: aio.Server
+    server: CentralServer
     channel: aio.Channel
     port: int
 
     @property
-    def sync(self) -> sync_pb2_grpc.SyncServiceStub:
+    def sync(self) -> sync_pb2_grpc.SyncServiceAsyncStub:
         return sync_pb2_grpc.SyncServiceStub(self.channel)
 
     @property
-    def policy(self) -> policy_pb2_grpc.PolicyServiceStub:
+    def policy(self) -> policy_pb2_grpc.PolicyServiceAsyncStub:
         return policy_pb2_grpc.PolicyServiceStub(self.channel)
 
     async def send_sessions(self, edge: Edge, *requests: sync_pb2.SyncSessionsRequest) -> list[sync_pb2.BatchAck]:
@@ -116,8 +115,12 @@ class Central:
         return [response.ack async for response in call]
 
 
+StartCentral = Callable[..., Awaitable[Central]]
+"""``start_central(url=None, **config_overrides)``: a started central, stopped at the end of the test."""
+
+
 @pytest.fixture
-async def start_central(database_url: str) -> AsyncIterator[Any]:
+async def start_central(database_url: str) -> AsyncIterator[StartCentral]:
     """Factory: ``await start_central(**config_overrides)``; everything is stopped at the end of the test."""
     started: list[tuple[Central, Database]] = []
 
@@ -129,11 +132,10 @@ async def start_central(database_url: str) -> AsyncIterator[Any]:
         deps = await build_deps(config, database)
         deps.listener.start()
         await deps.listener.connected.wait()
-        server, port = create_server(config, deps)
+        server = create_server(config, deps)
         await server.start()
-        await mark_serving(deps.health, SERVICE_NAMES)
-        channel = aio.insecure_channel(f"127.0.0.1:{port}")
-        central = Central(config, deps, server, channel, port)
+        channel = aio.insecure_channel(f"127.0.0.1:{server.port}")
+        central = Central(config, deps, server, channel, server.port)
         started.append((central, database))
         return central
 
@@ -146,6 +148,6 @@ async def start_central(database_url: str) -> AsyncIterator[Any]:
 
 
 @pytest.fixture
-async def central(start_central: Any) -> Central:
+async def central(start_central: StartCentral) -> Central:
     """One central with default settings."""
-    return await start_central()  # type: ignore[no-any-return]
+    return await start_central()

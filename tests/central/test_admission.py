@@ -152,7 +152,7 @@ def test_a_sent_time_out_of_range_is_invalid_not_stale() -> None:
 
 def test_the_checks_run_in_their_documented_order() -> None:
     """Identity, then size, then signature, then the header's fields, then freshness."""
-    tiny = {"max_items": dict.fromkeys(Channel, 1)}
+    tiny: dict[str, Any] = {"max_items": dict.fromkeys(Channel, 1)}
     # Another agent's oversized, unsigned, stale batch: the identity is checked first.
     worst = batch("edge-b", sessions=2, key=b"x", sent=NOW - timedelta(days=1), sequence=0)
     assert refusal(worst, **tiny).reason == "AGENT_MISMATCH"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import grpc
 import pytest
@@ -11,19 +10,21 @@ from aeterna.policy.v1 import decision_pb2
 from aeterna.sync.v1 import sync_pb2
 
 from aeterna_shared.wire.canonical import sign_batch
-from tests.central.conftest import Central, Edge, now_stamp
+from tests.central.conftest import Central, Edge, StartCentral, now_stamp
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def decision(decision_id: str, at: datetime, effect: int = decision_pb2.EFFECT_ALLOW) -> decision_pb2.Decision:
+def decision(
+    decision_id: str, at: datetime, effect: decision_pb2.Effect.ValueType = decision_pb2.EFFECT_ALLOW
+) -> decision_pb2.Decision:
     return decision_pb2.Decision(
         decision_id=decision_id,
         decide_time=now_stamp(at),
         principal='User::"alice"',
         action='Action::"approve"',
         resource='Document::"r1"',
-        effect=effect,  # type: ignore[arg-type]
+        effect=effect,
     )
 
 
@@ -50,7 +51,7 @@ async def conflict_setup(central: Central) -> sync_pb2.ReplayDecisionsResponse:
         ("manual", sync_pb2.REPLAY_OUTCOME_NEEDS_REVIEW),
     ],
 )
-async def test_conflict_policy(start_central: Any, policy: str, outcome: int) -> None:
+async def test_conflict_policy(start_central: StartCentral, policy: str, outcome: int) -> None:
     central = await start_central(**{"aeterna.offline.conflictResolution": policy})
     response = await conflict_setup(central)
     [result] = response.results
@@ -58,7 +59,7 @@ async def test_conflict_policy(start_central: Any, policy: str, outcome: int) ->
     assert bool(result.conflict_id) == (policy == "manual")
 
 
-async def test_per_action_policy_overrides_the_default(start_central: Any) -> None:
+async def test_per_action_policy_overrides_the_default(start_central: StartCentral) -> None:
     central = await start_central(
         **{
             "aeterna.offline.conflictResolution": "timestamp",
@@ -93,7 +94,7 @@ async def test_same_decision_twice_is_duplicate(central: Central) -> None:
     assert response.results[0].outcome == sync_pb2.REPLAY_OUTCOME_DUPLICATE
 
 
-async def test_manual_review_round_trip(start_central: Any) -> None:
+async def test_manual_review_round_trip(start_central: StartCentral) -> None:
     central = await start_central(**{"aeterna.offline.conflictResolution": "manual"})
     reviewer = Edge("reviewer-bob")
     response = await conflict_setup(central)
@@ -128,7 +129,7 @@ async def test_manual_review_round_trip(start_central: Any) -> None:
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-async def test_conflict_pages_and_bad_token(start_central: Any) -> None:
+async def test_conflict_pages_and_bad_token(start_central: StartCentral) -> None:
     central = await start_central(**{"aeterna.offline.conflictResolution": "manual"})
     online, offline = Edge("on"), Edge("off")
     late = [decision(f"late-{i}", T0 + timedelta(hours=1)) for i in range(3)]

@@ -17,7 +17,7 @@ from aeterna_shared.wire.canonical import sign_batch
 from central_svc import snapshots
 from central_svc.store.database import Database
 from central_svc.store.episodes import PostgresEpisodeStore
-from tests.central.conftest import Central, Edge, now_stamp
+from tests.central.conftest import Central, Edge, StartCentral, now_stamp
 from tests.support.postgres import TEST_VECTOR_DIMENSION
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -95,7 +95,7 @@ async def test_page_token_from_another_query_is_invalid(central: Central) -> Non
 
 
 async def test_snapshot_restore_round_trip(
-    central: Central, start_central: Any, tmp_path: Path, database_url: str, postgres_server: Any
+    central: Central, start_central: StartCentral, tmp_path: Path, database_url: str, postgres_server: Any
 ) -> None:
     edge = Edge("edge-a")
     await append(central, edge, [episode(n) for n in range(12)])

@@ -22,7 +22,7 @@ from central_svc.ports import Applied, Apply, BatchLedger, Transaction
 from central_svc.store.embedded_postgres import EmbeddedPostgres
 from central_svc.store.migrate import upgrade
 from central_svc.store.urls import psycopg_conninfo
-from tests.central.conftest import Central, Edge, make_session, now_stamp
+from tests.central.conftest import Central, Edge, StartCentral, make_session, now_stamp
 from tests.support.postgres import TEST_VECTOR_DIMENSION
 
 OLD = "7d5c1a8e-0b1f-4f57-9d55-3c5b8f3e2a10"
@@ -194,7 +194,7 @@ def empty_database(postgres_server: EmbeddedPostgres) -> Iterator[tuple[str, str
 
 
 async def test_migration_upgrades_a_database_with_existing_rows(
-    empty_database: tuple[str, str], start_central: object
+    empty_database: tuple[str, str], start_central: StartCentral
 ) -> None:
     url, conninfo = empty_database
     upgrade(url, vector_dimension=TEST_VECTOR_DIMENSION, revision="0001")
@@ -232,7 +232,7 @@ async def test_migration_upgrades_a_database_with_existing_rows(
 
     # Central runs on the upgraded database: the pre-incarnation edge keeps its checkpoint and sequences,
     # and the same edge re-provisioned starts afresh beside it.
-    central: Central = await start_central(url)  # type: ignore[operator]
+    central = await start_central(url)
     edge = Edge("edge-old")
     sessions = sync_pb2.SYNC_CHANNEL_SESSIONS
     assert await _checkpoints(central, edge, "") == {sessions: 3}

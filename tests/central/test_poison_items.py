@@ -14,6 +14,7 @@ import math
 import secrets
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 import psycopg
@@ -75,7 +76,7 @@ async def test_a_bad_decision_fails_alone_and_the_rest_of_the_batch_is_stored(ce
     out_of_range = decision("d-time")
     out_of_range.decide_time.CopyFrom(timestamp_pb2.Timestamp(seconds=limits.MAX_EPOCH_SECONDS + 1))
     deep = decision("d-deep")
-    nested: dict[str, object] = {"leaf": 1}
+    nested: dict[str, Any] = {"leaf": 1}
     for _ in range(limits.MAX_JSON_DEPTH + 2):
         nested = {"n": nested}
     deep.metadata.update({"context": nested})
@@ -110,9 +111,9 @@ async def test_a_bad_episode_fails_alone(central: Central) -> None:
     edge = Edge("edge-poison")
 
     def episode(episode_id: str, **fields: object) -> memory_pb2.Episode:
-        values: dict[str, object] = {"content": "fine", "occur_time": now_stamp()}
+        values: dict[str, Any] = {"content": "fine", "occur_time": now_stamp()}
         values.update(fields)
-        return memory_pb2.Episode(episode_id=episode_id, **values)  # type: ignore[arg-type]
+        return memory_pb2.Episode(episode_id=episode_id, **values)
 
     bad_time = episode("e-time")
     bad_time.occur_time.CopyFrom(timestamp_pb2.Timestamp(seconds=limits.MIN_EPOCH_SECONDS - 1))
@@ -146,7 +147,7 @@ async def test_a_bad_episode_fails_alone(central: Central) -> None:
 async def test_a_bad_vector_fails_alone(central: Central) -> None:
     edge = Edge("edge-poison")
 
-    def vector(vector_id: str, payload: dict[str, object] | None = None) -> memory_pb2.Vector:
+    def vector(vector_id: str, payload: dict[str, Any] | None = None) -> memory_pb2.Vector:
         message = memory_pb2.Vector(vector_id=vector_id, values=[1.0] + [0.5] * (TEST_VECTOR_DIMENSION - 1))
         if payload is not None:
             message.payload.update(payload)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import grpc
 import psycopg
@@ -11,7 +10,7 @@ import pytest
 from aeterna.policy.v1 import policy_pb2
 
 from central_svc.store.urls import psycopg_conninfo
-from tests.central.conftest import Central, Edge
+from tests.central.conftest import Central, Edge, StartCentral
 from tests.central.test_sessions import reason_of
 
 ALLOW = 'permit(principal, action == Action::"read", resource);'
@@ -59,10 +58,12 @@ async def test_versions_increase_and_can_be_read(central: Central) -> None:
     assert caught.value.code() == grpc.StatusCode.ABORTED
 
 
-async def next_bundle(call: Any) -> policy_pb2.PolicyBundle:
+async def next_bundle(
+    call: grpc.aio.UnaryStreamCall[policy_pb2.WatchPoliciesRequest, policy_pb2.WatchPoliciesResponse],
+) -> policy_pb2.PolicyBundle:
     response = await asyncio.wait_for(call.read(), timeout=20)
-    assert response is not grpc.aio.EOF
-    return response.bundle  # type: ignore[no-any-return]
+    assert isinstance(response, policy_pb2.WatchPoliciesResponse), response  # not the end of the stream
+    return response.bundle
 
 
 async def test_watcher_gets_current_then_every_new_version(central: Central) -> None:
@@ -74,7 +75,7 @@ async def test_watcher_gets_current_then_every_new_version(central: Central) -> 
     call.cancel()
 
 
-async def test_publish_on_one_replica_reaches_watchers_of_another(start_central: Any) -> None:
+async def test_publish_on_one_replica_reaches_watchers_of_another(start_central: StartCentral) -> None:
     first = await start_central()
     second = await start_central()
     call = second.policy.WatchPolicies(policy_pb2.WatchPoliciesRequest(), metadata=OPERATOR.metadata)
@@ -84,7 +85,7 @@ async def test_publish_on_one_replica_reaches_watchers_of_another(start_central:
     call.cancel()
 
 
-async def test_version_published_while_listener_was_dead_still_arrives(start_central: Any) -> None:
+async def test_version_published_while_listener_was_dead_still_arrives(start_central: StartCentral) -> None:
     publisher = await start_central()
     watched = await start_central()
     call = watched.policy.WatchPolicies(policy_pb2.WatchPoliciesRequest(), metadata=OPERATOR.metadata)

@@ -10,6 +10,7 @@ and appends from two edges at the same moment both land.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
@@ -20,7 +21,7 @@ from aeterna_shared.wire.canonical import session_checksum, sign_batch
 from tests.central.conftest import Central, Edge, make_session, now_stamp
 
 
-def append(session_id: str, *ids: str, patch: dict[str, object] | None = None) -> sync_pb2.SessionAppend:
+def append(session_id: str, *ids: str, patch: dict[str, Any] | None = None) -> sync_pb2.SessionAppend:
     """A SessionAppend with one turn per id (the id is also the text) and a correct checksum."""
     change = sync_pb2.SessionAppend(
         session_id=session_id,

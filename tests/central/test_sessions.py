@@ -18,12 +18,12 @@ from tests.central.conftest import Central, Edge, make_session, now_stamp
 
 
 def reason_of(error: grpc.aio.AioRpcError) -> str:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     assert status is not None
     for detail in status.details:
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):
-            return info.reason
+            return str(info.reason)
     raise AssertionError("no ErrorInfo")
 
 

@@ -69,10 +69,10 @@ async def offline_edge(tmp_path: Path, redis_url: str) -> AsyncIterator[EdgeDeps
 
 
 @pytest.fixture
-async def edge_stub(offline_edge: EdgeDeps) -> AsyncIterator[edge_pb2_grpc.EdgeServiceStub]:
+async def edge_stub(offline_edge: EdgeDeps) -> AsyncIterator[edge_pb2_grpc.EdgeServiceAsyncStub]:
     """A client of the in-process edge's gRPC server (bound to port 0)."""
     server: EdgeServer
-    server, port = create_server(offline_edge.node.config, offline_edge.node)
+    server, port = create_server(offline_edge.config, offline_edge.node)
     await server.start()
     channel = aio.insecure_channel(f"127.0.0.1:{port}")
     try:

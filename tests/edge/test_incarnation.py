@@ -54,7 +54,9 @@ def test_an_outbox_from_before_incarnations_keeps_the_empty_one(tmp_path: Path) 
     assert SqliteOutbox(path, LIMITS).incarnation_id == ""
 
 
-async def test_status_shows_the_incarnation(offline_edge: EdgeDeps, edge_stub: edge_pb2_grpc.EdgeServiceStub) -> None:
+async def test_status_shows_the_incarnation(
+    offline_edge: EdgeDeps, edge_stub: edge_pb2_grpc.EdgeServiceAsyncStub
+) -> None:
     reply = await edge_stub.GetEdgeStatus(edge_pb2.GetEdgeStatusRequest())
     assert reply.incarnation_id == offline_edge.node.outbox.incarnation_id != ""
     table = render_status({"agentId": reply.agent_id, "incarnationId": reply.incarnation_id})

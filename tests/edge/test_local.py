@@ -20,7 +20,7 @@ from aeterna_shared.errors import InvalidArgument
 from edge_svc.deps import EdgeDeps
 from edge_svc.memory import WorkingMemory, session_key
 from edge_svc.policy import NO_BUNDLE_ERROR, CedarAgent
-from edge_svc.records import Channel, Message, PolicyBundleRecord, SessionChange, SessionRecord, VectorRecord, now_ns
+from edge_svc.records import Channel, Message, PolicyBundleRecord, SessionRecord, VectorRecord, now_ns
 from edge_svc.store.bundle_file import BundleFile
 from edge_svc.store.outbox import ChannelLimits, SqliteOutbox
 from tests.edge.conftest import BUNDLE_POLICY, DIMENSION
@@ -99,8 +99,7 @@ async def test_unsynced_sessions_keep_no_ttl_until_central_acknowledged(offline_
         # evicted (volatile-lru) nor expire while the edge is offline.
         assert client.pttl(session_key(TENANT, "s")) == -1
         [batch] = node.outbox.pending(Channel.SESSIONS, 10)
-        changes = [SessionChange.from_json(item) for item in batch.items]
-        assert await node.sessions.release(TENANT, changes) == 1
+        assert await node.sessions.release(TENANT, batch.items) == 1
         assert client.pttl(session_key(TENANT, "s")) > 0
     finally:
         client.close()
@@ -171,7 +170,7 @@ async def test_cedar_agent_denies_without_bundle_then_decides_and_persists(offli
     recorded = [item["allow"] for batch in node.outbox.pending(Channel.DECISIONS, 10) for item in batch.items]
     assert recorded == [False, True, False]
     # A fresh agent over the same data directory decides with the persisted bundle.
-    fresh = CedarAgent(BundleFile(Path(node.config.edge.data_dir) / "policy" / "bundle.json"), node.sync, node.link)
+    fresh = CedarAgent(BundleFile(Path(node.settings.edge.data_dir) / "policy" / "bundle.json"), node.sync, node.link)
     assert fresh.version == 1
     assert (await fresh.authorize('User::"alice"', 'Action::"approve"', 'Doc::"d"', {}, "")).allowed
 
@@ -223,7 +222,7 @@ def _code(error: aio.AioRpcError) -> grpc.StatusCode:
     ],
 )
 async def test_bad_input_is_invalid_argument(
-    edge_stub: edge_pb2_grpc.EdgeServiceStub, method: str, request_message: object, fragment: str
+    edge_stub: edge_pb2_grpc.EdgeServiceAsyncStub, method: str, request_message: object, fragment: str
 ) -> None:
     with pytest.raises(aio.AioRpcError) as caught:
         await getattr(edge_stub, method)(request_message)
@@ -231,7 +230,7 @@ async def test_bad_input_is_invalid_argument(
     assert fragment in (caught.value.details() or "")
 
 
-async def test_grpc_surface_offline(edge_stub: edge_pb2_grpc.EdgeServiceStub) -> None:
+async def test_grpc_surface_offline(edge_stub: edge_pb2_grpc.EdgeServiceAsyncStub) -> None:
     put = await edge_stub.PutSession(
         edge_pb2.PutSessionRequest(
             session=memory_pb2.Session(
@@ -265,7 +264,7 @@ async def test_grpc_surface_offline(edge_stub: edge_pb2_grpc.EdgeServiceStub) ->
 
 
 async def test_numbers_in_an_authorize_context_reach_cedar_as_integers(
-    offline_edge: EdgeDeps, edge_stub: edge_pb2_grpc.EdgeServiceStub
+    offline_edge: EdgeDeps, edge_stub: edge_pb2_grpc.EdgeServiceAsyncStub
 ) -> None:
     """Struct carries numbers as doubles; Cedar compares Longs. A whole number must decide like an int."""
     assert offline_edge.node.agent.apply(bundle(1))

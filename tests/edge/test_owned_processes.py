@@ -95,7 +95,7 @@ def postmasters_on(pgdata: Path) -> list[int]:
 
 def owned_url(directory: Path) -> str:
     """The URL of the owned redis-server in ``directory``, from the command line its pid file records."""
-    argv = json.loads((directory / PID_FILE_NAME).read_text())["argv"]
+    argv: list[str] = json.loads((directory / PID_FILE_NAME).read_text())["argv"]
     if "--unixsocket" in argv:
         return "unix://" + argv[argv.index("--unixsocket") + 1]
     return f"redis://127.0.0.1:{argv[argv.index('--port') + 1]}/0"

@@ -37,7 +37,7 @@ def bad_request(error: aio.AioRpcError) -> tuple[str, str, str]:
     from google.rpc import error_details_pb2  # noqa: PLC0415
 
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     assert status is not None
     reason, field = "", ""
     for detail in status.details:
@@ -67,7 +67,7 @@ def vector(vector_id: str, values: list[float] | None = None, **payload: Any) ->
 
 
 async def test_authorize_refuses_what_central_cannot_store(
-    offline_edge: EdgeDeps, edge_stub: edge_pb2_grpc.EdgeServiceStub
+    offline_edge: EdgeDeps, edge_stub: edge_pb2_grpc.EdgeServiceAsyncStub
 ) -> None:
     def authorize(**fields: Any) -> Any:
         request = edge_pb2.AuthorizeRequest(principal='User::"a"', action='Action::"read"', resource='Doc::"d"')
@@ -99,7 +99,7 @@ async def test_authorize_refuses_what_central_cannot_store(
 
 
 async def test_episodes_vectors_and_sessions_refuse_what_central_cannot_store(
-    offline_edge: EdgeDeps, edge_stub: edge_pb2_grpc.EdgeServiceStub
+    offline_edge: EdgeDeps, edge_stub: edge_pb2_grpc.EdgeServiceAsyncStub
 ) -> None:
     def episode(**fields: Any) -> Any:
         return edge_stub.AppendEpisode(edge_pb2.AppendEpisodeRequest(episode=memory_pb2.Episode(**fields)), timeout=10)
@@ -138,13 +138,13 @@ async def test_episodes_vectors_and_sessions_refuse_what_central_cannot_store(
 
 
 @pytest.fixture
-async def small_batch_stub(tmp_path: Path, redis_url: str) -> AsyncIterator[edge_pb2_grpc.EdgeServiceStub]:
+async def small_batch_stub(tmp_path: Path, redis_url: str) -> AsyncIterator[edge_pb2_grpc.EdgeServiceAsyncStub]:
     """An edge whose batches carry at most 4 KiB (``sync.batch.maxBytes``)."""
     document = edge_document(tmp_path / "edge", closed_port(), **{"sync.batch.maxBytes": 4096})
     document["cache"] = {"url": redis_url}
     resources = await open_edge(AeternaConfig.model_validate(document))
     await resources.node.start()
-    server, port = create_server(resources.node.config, resources.node)
+    server, port = create_server(resources.config, resources.node)
     await server.start()
     channel = aio.insecure_channel(f"127.0.0.1:{port}")
     try:
@@ -156,7 +156,7 @@ async def small_batch_stub(tmp_path: Path, redis_url: str) -> AsyncIterator[edge
         await resources.close()
 
 
-async def test_an_item_no_batch_could_carry_is_refused(small_batch_stub: edge_pb2_grpc.EdgeServiceStub) -> None:
+async def test_an_item_no_batch_could_carry_is_refused(small_batch_stub: edge_pb2_grpc.EdgeServiceAsyncStub) -> None:
     """A decision larger than a whole batch would block its channel for good: refused before the answer."""
     request = edge_pb2.AuthorizeRequest(principal='User::"a"', action='Action::"read"', resource='Doc::"d"')
     request.context.update({"note": "x" * 3600})  # the request fits, the item does not

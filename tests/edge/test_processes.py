@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,59 @@ def decided_at_central(central_dir: Path, ids: list[str]) -> list[str]:
     with psycopg.connect(pg.conninfo()) as conn:
         rows = conn.execute("SELECT decision_id FROM decisions WHERE decision_id = ANY(%s)", (ids,)).fetchall()
     return sorted(str(r[0]) for r in rows)
+
+
+@dataclass
+class CrashRig:
+    """Central and one edge as processes, with a client on each (``e`` on the edge, ``c`` on central)."""
+
+    central: ServiceProcess
+    central_dir: Path
+    edge: ServiceProcess
+    e: Client
+    c: Client
+
+    async def kill_and_restart_edge(self) -> None:
+        """SIGKILL the edge, then start it again on the same data, with a new client."""
+        self.edge.kill()
+        await self.e.close()
+        self.edge.start()
+        self.e = Client(self.edge.target)
+
+    async def assert_reached_central(self, agent: str, sessions: list[str], content: str, ids: list[str]) -> None:
+        """Central holds each of ``sessions`` (first turn ``content``) and each of the decisions ``ids``."""
+        reader = Client(self.central.target, agent)
+        try:
+            for session_id in sessions:
+                request = sync_pb2.GetSessionRequest(session_id=session_id)
+                got = await reader.sync.GetSession(request, metadata=reader.metadata)
+                assert got.session.messages[0].content == content
+        finally:
+            await reader.close()
+        assert decided_at_central(self.central_dir, ids) == sorted(ids)
+
+
+@asynccontextmanager
+async def crash_rig(
+    services: ServiceFactory, tmp_path: Path, agent: str, session_interval: str
+) -> AsyncIterator[CrashRig]:
+    """A ``CrashRig`` whose edge already decides with ``ALLOW_ALICE``; its clients are closed at the end."""
+    port = closed_port()
+    central_dir = tmp_path / "central"
+    central = services.make("central", "central", central_document(central_dir, port)).start()
+    edge = make_edge(services, tmp_path, agent, port, **{"sync.sessionMemory": {"interval": session_interval}}).start()
+    rig = CrashRig(central, central_dir, edge, Client(edge.target), Client(central.target))
+    try:
+        await rig.c.publish(ALLOW_ALICE)
+
+        async def allowed() -> bool:
+            return (await rig.e.authorize()).effect == decision_pb2.EFFECT_ALLOW
+
+        await wait_until(allowed, "the edge applies bundle 1")
+        yield rig
+    finally:
+        await rig.e.close()
+        await rig.c.close()
 
 
 async def test_session_sync_and_read_through_at_a_second_edge(services: ServiceFactory, tmp_path: Path) -> None:
@@ -209,111 +264,61 @@ async def test_offline_operation_replay_and_policy_updates(services: ServiceFact
 
 
 async def test_sigkill_with_a_full_outbox_and_restart_without_central(services: ServiceFactory, tmp_path: Path) -> None:
-    port = closed_port()
-    central_dir = tmp_path / "central"
-    central = services.make("central", "central", central_document(central_dir, port)).start()
-    edge = make_edge(services, tmp_path, "edge-k", port, **{"sync.sessionMemory": {"interval": "300ms"}}).start()
-    e, c = Client(edge.target), Client(central.target)
-    try:
-        await c.publish(ALLOW_ALICE)
-
-        async def allowed() -> bool:
-            return (await e.authorize()).effect == decision_pb2.EFFECT_ALLOW
-
-        await wait_until(allowed, "the edge applies bundle 1")
-        await e.edge.FlushSync(edge_pb2.FlushSyncRequest())
-        central.stop()
+    async with crash_rig(services, tmp_path, "edge-k", session_interval="300ms") as rig:
+        await rig.e.edge.FlushSync(edge_pb2.FlushSyncRequest())
+        rig.central.stop()
 
         async def offline() -> bool:
-            return (await e.status()).link_state == edge_pb2.LINK_STATE_OFFLINE
+            return (await rig.e.status()).link_state == edge_pb2.LINK_STATE_OFFLINE
 
         await wait_until(offline, "the edge notices central is gone")
-        ids = [(await e.authorize()).decision_id for _ in range(7)]
+        ids = [(await rig.e.authorize()).decision_id for _ in range(7)]
         for index in range(3):
-            await e.edge.PutSession(edge_pb2.PutSessionRequest(session=make_session(f"k{index}", "kept")))
+            await rig.e.edge.PutSession(edge_pb2.PutSessionRequest(session=make_session(f"k{index}", "kept")))
 
         async def queued() -> bool:
             return (
-                await e.pending(sync_pb2.SYNC_CHANNEL_DECISIONS) == 7
-                and await e.pending(sync_pb2.SYNC_CHANNEL_SESSIONS) == 3
+                await rig.e.pending(sync_pb2.SYNC_CHANNEL_DECISIONS) == 7
+                and await rig.e.pending(sync_pb2.SYNC_CHANNEL_SESSIONS) == 3
             )
 
         await wait_until(queued, "decisions and sessions are in the outbox")
-        edge.kill()
-        await e.close()
-
         # Restarted with no central: it still decides with the persisted bundle, and the outbox is intact.
-        edge.start()
-        e = Client(edge.target)
-        reply = await e.authorize()
+        await rig.kill_and_restart_edge()
+        reply = await rig.e.authorize()
         assert reply.effect == decision_pb2.EFFECT_ALLOW
         assert reply.offline
         ids.append(reply.decision_id)
-        assert await e.pending(sync_pb2.SYNC_CHANNEL_SESSIONS) == 3
+        assert await rig.e.pending(sync_pb2.SYNC_CHANNEL_SESSIONS) == 3
 
-        central.start()
+        rig.central.start()
 
         async def drained() -> bool:
-            status = await e.status()
+            status = await rig.e.status()
             return status.link_state == edge_pb2.LINK_STATE_ONLINE and all(q.pending_items == 0 for q in status.queues)
 
         await wait_until(drained, "the restarted edge drains its outbox")
-        c2 = Client(central.target, "edge-k")
-        try:
-            for index in range(3):
-                got = await c2.sync.GetSession(sync_pb2.GetSessionRequest(session_id=f"k{index}"), metadata=c2.metadata)
-                assert got.session.messages[0].content == "kept"
-        finally:
-            await c2.close()
-        assert decided_at_central(central_dir, ids) == sorted(ids)
-    finally:
-        await e.close()
-        await c.close()
+        await rig.assert_reached_central("edge-k", [f"k{index}" for index in range(3)], "kept", ids)
 
 
 async def test_sigkill_right_after_acknowledged_writes_loses_nothing(services: ServiceFactory, tmp_path: Path) -> None:
     """Answers are promises: a session acknowledged but not yet collected, and a
     decision answered a moment before the crash, both reach central after a restart."""
-    port = closed_port()
-    central_dir = tmp_path / "central"
-    central = services.make("central", "central", central_document(central_dir, port)).start()
     # Collection would only run in an hour: the sessions live only in the edge's cache when it dies.
-    edge = make_edge(services, tmp_path, "edge-c", port, **{"sync.sessionMemory": {"interval": "1h"}}).start()
-    e, c = Client(edge.target), Client(central.target)
-    try:
-        await c.publish(ALLOW_ALICE)
-
-        async def allowed() -> bool:
-            return (await e.authorize()).effect == decision_pb2.EFFECT_ALLOW
-
-        await wait_until(allowed, "the edge applies bundle 1")
-        ids = [(await e.authorize()).decision_id for _ in range(5)]
+    async with crash_rig(services, tmp_path, "edge-c", session_interval="1h") as rig:
+        ids = [(await rig.e.authorize()).decision_id for _ in range(5)]
         for index in range(3):
-            await e.edge.PutSession(edge_pb2.PutSessionRequest(session=make_session(f"c{index}", "acknowledged")))
-        edge.kill()
-        await e.close()
-
-        edge.start()
-        e = Client(edge.target)
+            await rig.e.edge.PutSession(edge_pb2.PutSessionRequest(session=make_session(f"c{index}", "acknowledged")))
+        await rig.kill_and_restart_edge()
 
         async def online() -> bool:
-            return (await e.status()).link_state == edge_pb2.LINK_STATE_ONLINE
+            return (await rig.e.status()).link_state == edge_pb2.LINK_STATE_ONLINE
 
         await wait_until(online, "the restarted edge reconnects")
-        await e.edge.FlushSync(edge_pb2.FlushSyncRequest())
+        await rig.e.edge.FlushSync(edge_pb2.FlushSyncRequest())
 
         async def drained() -> bool:
-            return all(q.pending_items == 0 for q in (await e.status()).queues)
+            return all(q.pending_items == 0 for q in (await rig.e.status()).queues)
 
         await wait_until(drained, "the restarted edge drains its outbox")
-        c2 = Client(central.target, "edge-c")
-        try:
-            for index in range(3):
-                got = await c2.sync.GetSession(sync_pb2.GetSessionRequest(session_id=f"c{index}"), metadata=c2.metadata)
-                assert got.session.messages[0].content == "acknowledged"
-        finally:
-            await c2.close()
-        assert decided_at_central(central_dir, ids) == sorted(ids)
-    finally:
-        await e.close()
-        await c.close()
+        await rig.assert_reached_central("edge-c", [f"c{index}" for index in range(3)], "acknowledged", ids)

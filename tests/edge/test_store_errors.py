@@ -143,7 +143,7 @@ def test_an_outbox_sqlite_cannot_open_is_unavailable(tmp_path: Path) -> None:
 @pytest.fixture
 async def edge_on_private_redis(
     tmp_path: Path, private_redis: tuple[subprocess.Popen[bytes], str]
-) -> AsyncIterator[tuple[edge_pb2_grpc.EdgeServiceStub, subprocess.Popen[bytes], Path]]:
+) -> AsyncIterator[tuple[edge_pb2_grpc.EdgeServiceAsyncStub, subprocess.Popen[bytes], Path]]:
     process, url = private_redis
     document = edge_document(tmp_path / "edge", closed_port())
     document["cache"] = {"url": url}
@@ -161,7 +161,7 @@ async def edge_on_private_redis(
 
 
 async def test_store_failures_reach_the_caller_as_unavailable_with_their_reasons(
-    edge_on_private_redis: tuple[edge_pb2_grpc.EdgeServiceStub, subprocess.Popen[bytes], Path],
+    edge_on_private_redis: tuple[edge_pb2_grpc.EdgeServiceAsyncStub, subprocess.Popen[bytes], Path],
 ) -> None:
     stub, redis_process, outbox_path = edge_on_private_redis
     authorize = edge_pb2.AuthorizeRequest(principal='User::"a"', action='Action::"b"', resource='R::"c"')

@@ -16,7 +16,6 @@ import pytest
 
 from aeterna_shared.config import AeternaConfig
 from aeterna_shared.errors import InvalidArgument, Unavailable
-from edge_svc import sync as sync_module
 from edge_svc.link import LinkMonitor
 from edge_svc.records import Ack, Channel, OutboxBatch
 from edge_svc.store.outbox import REFUSED_PREFIX, ChannelLimits, SqliteOutbox
@@ -42,7 +41,7 @@ class ScriptedCentral:
             raise scripted
         if self.down is not None:
             raise self.down
-        acks = []
+        acks: list[Ack] = []
         for batch in batches:
             if batch.batch_id in self.refuse:
                 if acks:
@@ -56,6 +55,10 @@ class ScriptedCentral:
 
     async def checkpoints(self) -> dict[Channel, int]:
         return {}
+
+
+async def _never_probed(_timeout: float) -> bool:
+    raise AssertionError("the link is set online directly; it is never started")
 
 
 @pytest.fixture
@@ -73,9 +76,10 @@ def engine(tmp_path: Path) -> tuple[SyncEngine, SqliteOutbox, ScriptedCentral]:
     )
     outbox = SqliteOutbox(tmp_path / "outbox.db", {c: ChannelLimits(1000, 3600) for c in Channel})
     central = ScriptedCentral()
-    link = LinkMonitor(config, lambda _: None)  # type: ignore[arg-type, return-value]
+    link = LinkMonitor(config.central_server.health_check, _never_probed)
     link.state.online = True  # set directly: no reconnect drain racing the test
-    sync = SyncEngine(config, outbox, central, link, sessions=None)  # type: ignore[arg-type]
+    # No session store (hence the ignore): session sync is off in this config, so the engine never reads one.
+    sync = SyncEngine(config, outbox, central, link, sessions=None)  # type: ignore[arg-type]  # no session store
     return sync, outbox, central
 
 
@@ -164,7 +168,7 @@ async def test_an_oldest_batch_that_does_not_move_degrades_its_channel(
     central.down = Unavailable("slow")
     sync._link.state.changed_at = 0.0
     now = [1_000_000.0]
-    monkeypatch.setattr(sync_module.time, "time", lambda: now[0])
+    monkeypatch.setattr("edge_svc.sync.time.time", lambda: now[0])
     await sync.drain_round(Channel.EPISODES)  # one failed round: not degraded by the round rule yet
     assert sync.degraded() == {}
     now[0] += max(STUCK_AFTER_SECONDS, sync._stuck_after[Channel.EPISODES]) + 1

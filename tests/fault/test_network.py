@@ -35,7 +35,7 @@ from aeterna_cli.processes import write_config
 from aeterna_shared.config import load_config
 from central_svc.store.embedded_postgres import EmbeddedPostgres
 from edge_svc.api.central_client import GrpcCentral
-from edge_svc.deps import outbox_limits
+from edge_svc.deps import central_link, outbox_limits
 from edge_svc.link import LinkMonitor
 from edge_svc.memory import SessionMemory
 from edge_svc.metrics import OutboxCollector
@@ -285,8 +285,8 @@ async def test_one_hour_outage_overflow_and_ttl(
     clock = FakeClock(start)
     outbox = SqliteOutbox(tmp_path / agent / "outbox.sqlite3", outbox_limits(config), clock=clock)
     cache = RedisCache(config.cache.url or redis_url)
-    central = GrpcCentral(config)
-    link = LinkMonitor(config, central.check_health)
+    central = GrpcCentral(central_link(config))
+    link = LinkMonitor(config.central_server.health_check, central.check_health)
     engine = SyncEngine(config, outbox, central, link, SessionMemory(cache, config.cache.layers.session.ttl))
     registry = CollectorRegistry()
     registry.register(OutboxCollector(outbox, lambda: link.online, lambda: 1))

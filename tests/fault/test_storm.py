@@ -38,7 +38,7 @@ from aeterna_cli.processes import write_config
 from aeterna_shared.config import AeternaConfig, load_config
 from central_svc.store.embedded_postgres import EmbeddedPostgres
 from edge_svc.api.central_client import GrpcCentral
-from edge_svc.deps import outbox_limits
+from edge_svc.deps import central_link, outbox_limits
 from edge_svc.link import LinkMonitor
 from edge_svc.memory import SessionMemory
 from edge_svc.records import Ack, Channel, Message, OutboxBatch, SessionRecord
@@ -60,7 +60,7 @@ class ObservedCentral(GrpcCentral):
     """The edge's own client to central; records what it sent, what central answered and the checkpoints read."""
 
     def __init__(self, config: AeternaConfig, *, incarnation_id: str) -> None:
-        super().__init__(config, incarnation_id=incarnation_id)
+        super().__init__(central_link(config), incarnation_id=incarnation_id)
         self.sent: list[int] = []
         self.acks: list[Ack] = []
         self.checkpoints_read: list[int] = []
@@ -107,7 +107,7 @@ class Edge:
         self.cache = RedisCache(redis_url)
         self.sessions = SessionMemory(self.cache, self.config.cache.layers.session.ttl)
         self.central = ObservedCentral(self.config, incarnation_id=self.outbox.incarnation_id)
-        self.link = LinkMonitor(self.config, self.central.check_health)
+        self.link = LinkMonitor(self.config.central_server.health_check, self.central.check_health)
         self.engine: SyncEngine | None = None
 
     async def start(self) -> None:

@@ -10,10 +10,8 @@ from typing import Any
 import pytest
 from grpc import aio
 
-from aeterna_server.server import mark_serving
 from aeterna_shared.config import AeternaConfig
 from central_svc.deps import build_deps
-from central_svc.server import SERVICE_NAMES
 from central_svc.server import create_server as create_central
 from central_svc.store.database import Database
 from edge_svc.deps import open_edge
@@ -37,10 +35,9 @@ async def central_target(database_url: str) -> AsyncIterator[Target]:
     deps = await build_deps(config, database)
     deps.listener.start()
     await deps.listener.connected.wait()
-    server, port = create_central(config, deps)
+    server = create_central(config, deps)
     await server.start()
-    await mark_serving(deps.health, SERVICE_NAMES)
-    channel = aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = aio.insecure_channel(f"127.0.0.1:{server.port}")
     try:
         yield Target(channel, database_url)
     finally:

@@ -30,11 +30,9 @@ from grpc import aio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aeterna_server.server import mark_serving
 from aeterna_shared import limits
 from aeterna_shared.config import AeternaConfig
 from central_svc.deps import build_deps
-from central_svc.server import SERVICE_NAMES
 from central_svc.server import create_server as create_central
 from central_svc.store.database import Database
 from central_svc.store.urls import psycopg_conninfo
@@ -74,9 +72,9 @@ async def linked(database_url: str, redis_url: str, tmp_path: Path) -> AsyncIter
     deps = await build_deps(central_config, database)
     deps.listener.start()
     await deps.listener.connected.wait()
-    central, central_port = create_central(central_config, deps)
+    central = create_central(central_config, deps)
     await central.start()
-    await mark_serving(deps.health, SERVICE_NAMES)
+    central_port = central.port
     edge_config = AeternaConfig.model_validate(
         {
             "deploymentMode": "edge",

@@ -129,6 +129,7 @@ async def test_signed_batch_tampered_and_replayed(api_key_server: Any, tls_mater
         stub = sync_pb2_grpc.SyncServiceStub(channel)
         good = signed_batch("edge-a", sessions=2)
         ack = await stub.SyncSessions(iter([good])).read()
+        assert isinstance(ack, sync_pb2.SyncSessionsResponse), ack  # not the end of the stream
         assert ack.ack.processed == 2
         stored_before = dict(api_key_server.servicer.stored)
 

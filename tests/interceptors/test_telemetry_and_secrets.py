@@ -72,7 +72,9 @@ async def test_metrics_endpoint(serve: ServeFactory, tls_material: TlsMaterial) 
     ) as bad:
         with pytest.raises(grpc.RpcError):
             await sync_pb2_grpc.SyncServiceStub(bad).SearchVectors(sync_pb2.SearchVectorsRequest())
-    endpoint = serve_metrics(server_config(tls_material, {"telemetry": {"metricsPort": 0}}), registry=registry)
+    endpoint = serve_metrics(
+        server_config(tls_material, {"telemetry": {"metricsPort": 0}}).telemetry, registry=registry
+    )
     try:
         text = await asyncio.to_thread(_get, f"http://127.0.0.1:{endpoint.port}/metrics")
     finally:

@@ -15,7 +15,7 @@ from aeterna_client.channel import PinVerifier, central_settings, open_central_c
 from aeterna_security.pins import PinMismatch
 from aeterna_shared.errors import Unavailable
 from interceptors.authenticators import hash_api_key
-from tests.interceptors.conftest import SHAPES, ServeFactory, edge_config, error_reason, server_config
+from tests.interceptors.conftest import ServeFactory, edge_config, error_reason, server_config, shape_calls
 from tests.support.tls import TlsMaterial
 
 KEY_A = "sk-transport-edge-a"
@@ -193,7 +193,7 @@ async def test_oversized_message_and_gzip_bomb_are_refused(serve: ServeFactory, 
 
     for compression in (grpc.Compression.NoCompression, grpc.Compression.Gzip):
         async with _raw_channel(tls_material, running.port, compression=compression) as channel:
-            call = channel.unary_unary(f"/{SHAPES}/UnaryUnary")
+            call = shape_calls(channel).unary_unary
             with pytest.raises(grpc.RpcError) as raised:
                 await call(eleven_mb, metadata=metadata, timeout=30)
             assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, compression
