@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha._async import ReflectionServicer
 SERVICE_NAME: str = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"].full_name
 
 
+# grpcio-reflection ships no type information, so its base class is Any to mypy.
 class MethodAwareReflectionServicer(ReflectionServicer):  # type: ignore[misc]
     """The v1alpha reflection servicer, plus method-name lookups."""
 

@@ -71,7 +71,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 from aeterna_shared.config import AeternaConfig
@@ -636,10 +636,10 @@ class SyncEngine:
                 await self._guard(self.drain(channel))
 
     @staticmethod
-    async def _guard(work: object) -> None:
+    async def _guard(work: Awaitable[object]) -> None:
         """Run one round of a loop; an unexpected error is logged and the loop goes on."""
         try:
-            await work  # type: ignore[misc]
+            await work
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -17,8 +17,9 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aeterna_shared.config.model import QdrantCache
 from aeterna_shared.errors import InvalidArgument
@@ -127,7 +128,7 @@ class VectorIndex:
         self._cache = VectorCache(settings.cache.size, settings.cache.ttl.total_seconds())
         self._timeout = settings.central_timeout
         self._since_optimize = 0
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[object]] = set()
 
     @property
     def dimension(self) -> int:
@@ -199,12 +200,12 @@ class VectorIndex:
         if evict:
             await asyncio.to_thread(self._store.delete, evict)
 
-    def _spawn(self, work: object) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[object]) -> None:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             _log.error("background vector work failed", exc_info=task.exception())

@@ -48,6 +48,7 @@ def _get_or_create(registry: CollectorRegistry, name: str, factory: type[_C], *a
         existing = registry._names_to_collectors.get(name + "_total")
     if isinstance(existing, factory):
         return existing
+    # prometheus_client types each metric class with its own signature; called through the union.
     created: _C = factory(name, *args, registry=registry, **kwargs)  # type: ignore[misc]
     return created
 
@@ -181,6 +182,7 @@ def _traced() -> Any:
 
 def tracing_server_interceptor(tracer_provider: trace.TracerProvider | None = None) -> aio.ServerInterceptor:
     """OpenTelemetry's aio server interceptor: extracts W3C context, one SERVER span per call."""
+    # opentelemetry-instrumentation-grpc ships no annotations for its aio factories.
     interceptor: aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
         tracer_provider=tracer_provider, filter_=_traced()
     )
@@ -189,6 +191,7 @@ def tracing_server_interceptor(tracer_provider: trace.TracerProvider | None = No
 
 def tracing_client_interceptors(tracer_provider: trace.TracerProvider | None = None) -> list[aio.ClientInterceptor]:
     """OpenTelemetry's aio client interceptors (all four shapes): one CLIENT span per call, context injected."""
+    # opentelemetry-instrumentation-grpc ships no annotations for its aio factories.
     interceptors: Sequence[aio.ClientInterceptor] = aio_client_interceptors(  # type: ignore[no-untyped-call]
         tracer_provider=tracer_provider, filter_=_traced()
     )

@@ -35,7 +35,7 @@ def batch_ack(ack: Ack, next_sync: datetime) -> sync_pb2.BatchAck:
     return sync_pb2.BatchAck(
         batch_id=ack.batch_id,
         sequence=ack.sequence,
-        status=int(ack.status),  # type: ignore[arg-type]
+        status=sync_pb2.AckStatus.ValueType(ack.status),
         processed=ack.processed,
         failed=ack.failed,
         failures=[sync_pb2.ItemFailure(item_id=f.item_id, reason=f.reason, message=f.message) for f in ack.failures],

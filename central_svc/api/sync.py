@@ -98,7 +98,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         checkpoints = await self._deps.ledger.checkpoints(current_identity().agent_id, request.incarnation_id)
         return sync_pb2.GetSyncCheckpointResponse(
             checkpoints=[
-                sync_pb2.ChannelCheckpoint(channel=channel, sequence=sequence)  # type: ignore[arg-type]
+                sync_pb2.ChannelCheckpoint(channel=sync_pb2.SyncChannel.ValueType(channel), sequence=sequence)
                 for channel, sequence in checkpoints.items()
             ]
         )
@@ -324,7 +324,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                     agent_id=v.row.agent_id,
                     region=v.row.region,
                     tenant_id=v.row.tenant_id,
-                    state=int(v.state),  # type: ignore[arg-type]
+                    state=sync_pb2.EdgeState.ValueType(v.state),
                     last_sync_time=to_timestamp(v.row.last_sync_at),
                     last_seen_time=to_timestamp(v.row.last_seen_at),
                     incarnation_id=v.row.incarnation_id,
@@ -355,8 +355,8 @@ def _conflict(record: ConflictRecord) -> sync_pb2.Conflict:
         conflict_id=record.conflict_id,
         edge_decision=decision_pb2.Decision.FromString(record.edge_decision),
         central_decision=decision_pb2.Decision.FromString(record.central_decision),
-        state=int(record.state),  # type: ignore[arg-type]
-        resolution=record.resolution,  # type: ignore[arg-type]
+        state=sync_pb2.ConflictState.ValueType(record.state),
+        resolution=sync_pb2.Resolution.ValueType(record.resolution),
         resolved_by=record.resolved_by,
         resolve_time=to_timestamp(record.resolved_at),
         create_time=to_timestamp(record.created_at),

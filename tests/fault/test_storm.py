@@ -238,6 +238,7 @@ async def test_reconnect_storm(
             last_s=f"{times[-1]:.2f}",
             buckets=len(buckets),
             largest_bucket=largest,
+            middle_80pct_s=f"{times[int(0.9 * count)] - times[int(0.1 * count)]:.2f}",
             failed_health_checks=sum(e.central.failed_checks for e in edges),
             refused_items=len(refused),
             pending_items=sum(pending),
@@ -252,9 +253,15 @@ async def test_reconnect_storm(
         assert len(sessions) == 2 * count, f"central holds {len(sessions)} sessions, expected {2 * count}"
         assert all(n == 1 for n in sessions.values()), "a session is stored more than once"
         assert dict(checkpoints) == {2: count}, f"central's checkpoints: {dict(checkpoints)}"
-        # Spread, by counts: no 100 ms slot takes more than a fifth of the edges.
-        assert largest <= count // 5, f"{largest} of {count} edges reconnected in one 100 ms bucket: {histogram}"
+        # Spread, by counts. A herd would put most edges in one slot. The 1,000 edges share this one event
+        # loop, and when it stalls for a few hundred ms (resumes and drains are CPU work) the checks that
+        # fell due meanwhile start together: that bunches up to ~20 % of the edges in one 100 ms slot on an
+        # idle machine (a quarter is the bound), while the middle 80 % of reconnects still span at least
+        # half a health-check interval, as jittered schedules do.
+        assert largest <= count // 4, f"{largest} of {count} edges reconnected in one 100 ms bucket: {histogram}"
         assert len(buckets) >= 10, f"reconnects fell into only {len(buckets)} 100 ms buckets: {histogram}"
+        middle = times[int(0.9 * count)] - times[int(0.1 * count)]
+        assert middle >= interval / 2, f"the middle 80 % of reconnects took only {middle:.2f}s: {histogram}"
     finally:
         for edge in edges:
             await edge.close()
