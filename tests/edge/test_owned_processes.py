@@ -39,6 +39,7 @@ from tests.central.conftest import Edge as SyncingEdge
 from tests.central.conftest import make_session as central_session
 from tests.edge.conftest import closed_port, edge_document
 from tests.support.clients import Client, make_session
+from tests.support.redis import answers
 from tests.support.services import ServiceFactory, ServiceProcess
 
 SESSIONS = "redis-sessions"
@@ -156,16 +157,8 @@ class ExternalRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        for _ in range(500):
-            try:
-                client = redis.Redis.from_url(self.url)
-                try:
-                    if client.ping():
-                        return
-                finally:
-                    client.close()
-            except (redis.ConnectionError, OSError):
-                time.sleep(0.01)
+        if answers(self.url):
+            return
         self.close()
         raise AssertionError("the external redis-server did not answer")
 

@@ -25,7 +25,6 @@ from urllib.parse import urlsplit
 
 import grpc
 import pytest
-import redis
 from aeterna.edge.v1 import edge_pb2
 from grpc import aio
 
@@ -47,6 +46,7 @@ from tests.fault.support import (
 )
 from tests.support.clients import Client
 from tests.support.postgres import TEST_VECTOR_DIMENSION
+from tests.support.redis import answers
 from tests.support.services import ServiceFactory, ServiceProcess
 
 pytestmark = [pytest.mark.ci_slow, pytest.mark.timeout(600)]
@@ -383,17 +383,8 @@ def _redis_server(directory: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def _wait_redis(url: str) -> None:
-    for _ in range(500):
-        try:
-            client = redis.Redis.from_url(url)
-            try:
-                if client.ping():
-                    return
-            finally:
-                client.close()
-        except (redis.ConnectionError, redis.BusyLoadingError, OSError):
-            time.sleep(0.01)
-    raise AssertionError("redis-server did not answer after a restart")
+    if not answers(url):
+        raise AssertionError("redis-server did not answer after a restart")
 
 
 async def test_redis_restart_under_the_edge(rig: Rig, request: pytest.FixtureRequest, tmp_path: Path) -> None:

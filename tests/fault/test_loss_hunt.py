@@ -86,6 +86,7 @@ from tests.fault.hunt_model import (
 from tests.fault.proxy import FaultProxy
 from tests.fault.support import ALLOW_ALL, DIMENSION, central_document, edge_document, free_port, report, soak
 from tests.support.clients import Client
+from tests.support.redis import answers
 from tests.support.services import ServiceFactory, ServiceProcess
 
 T = TypeVar("T")
@@ -244,17 +245,8 @@ class ExternalRedis:
         args += ["--appendonly", "yes", "--appendfsync", "always", "--maxmemory", "32mb"]
         args += ["--maxmemory-policy", "noeviction"]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(1000):
-            try:
-                client = redis.Redis.from_url(self.url)
-                try:
-                    if client.ping():
-                        return
-                finally:
-                    client.close()
-            except (redis.ConnectionError, redis.BusyLoadingError, OSError):
-                time.sleep(0.01)
-        raise AssertionError("the test's redis-server did not answer")
+        if not answers(self.url, 1000):
+            raise AssertionError("the test's redis-server did not answer")
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

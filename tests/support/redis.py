@@ -10,11 +10,28 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
+
+
+def answers(url: str, attempts: int = 500, *, alive: Callable[[], bool] = lambda: True) -> bool:
+    """Whether the redis-server at ``url`` answers PING within ``attempts`` tries 10 ms apart (and while ``alive``)."""
+    for _ in range(attempts):
+        if not alive():
+            return False
+        try:
+            client = redis.Redis.from_url(url)
+            try:
+                if client.ping():
+                    return True
+            finally:
+                client.close()
+        except (redis.ConnectionError, redis.BusyLoadingError, OSError):
+            time.sleep(0.01)
+    return False
 
 
 def _start(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -48,18 +65,10 @@ def _start(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
         stderr=subprocess.DEVNULL,
     )
     url = f"unix://{sock}"
-    for _ in range(500):
-        if process.poll() is not None:
-            raise RuntimeError("redis-server exited at start")
-        try:
-            client = redis.Redis.from_url(url)
-            try:
-                if client.ping():
-                    return process, url
-            finally:
-                client.close()
-        except (redis.ConnectionError, OSError):
-            time.sleep(0.01)
+    if answers(url, alive=lambda: process.poll() is None):
+        return process, url
+    if process.poll() is not None:
+        raise RuntimeError("redis-server exited at start")
     process.kill()
     raise RuntimeError("redis-server did not answer")
 
