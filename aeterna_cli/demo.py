@@ -155,6 +155,8 @@ def central_document(data_dir: Path) -> dict[str, Any]:
     """Central on embedded defaults (its own PostgreSQL in ``data_dir``)."""
     return {
         "deploymentMode": "central",
+        # A local setup: the public development signing key and auth method none are allowed here only.
+        "development": True,
         "sync": {"listenPort": 0},
         "central": {"dataDir": str(data_dir)},
         # Approvals conflicting after an outage go to a person; everything else: latest wins.
@@ -174,6 +176,8 @@ def edge_document(central_port: int, data_dir: Path, agent_id: str, region: str,
     interval = "300ms" if fast else "1s"
     return {
         "deploymentMode": "edge",
+        # A local setup: signs with the public development key and uses auth method none, on purpose.
+        "development": True,
         "sync": {
             "centralServer": {"url": "http://127.0.0.1", "port": central_port, "timeout": "5s"},
             "memoryLayers": {"session": {"interval": "30s"}},

@@ -143,8 +143,14 @@ class ServiceFactory:
         self.root = root
         self.started: list[ServiceProcess] = []
 
-    def make(self, kind: str, name: str, document: dict[str, Any]) -> ServiceProcess:
-        """Prepare (without starting) a service whose config is ``document``."""
+    def make(self, kind: str, name: str, document: dict[str, Any], *, development: bool = True) -> ServiceProcess:
+        """Prepare (without starting) a service whose config is ``document``.
+
+        ``development`` (the default: the demo and the tests run local
+        setups) passes ``--development``, which allows the public development
+        signing key and ``sync.auth.method: none``; False starts the service
+        in production mode, where it refuses those (exit status 2).
+        """
         home = self.root / name
         home.mkdir(parents=True, exist_ok=True)
         service = ServiceProcess(
@@ -153,6 +159,7 @@ class ServiceFactory:
             ready_path=home / "ready.json",
             log_path=home / "service.log",
             env=child_env(),
+            extra_args=["--development"] if development else [],
         )
         self.started.append(service)
         return service

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import prometheus_client
 
+from aeterna_security.production import DEVELOPMENT_HELP, EXIT_REFUSED, refusal
 from aeterna_server.server import start_health_server
 from aeterna_shared.config import AeternaConfig, load_config
 from aeterna_shared.logs import configure_logging
@@ -21,6 +22,7 @@ from central_svc.deps import build_deps, embedded_postgres
 from central_svc.metrics import CentralMetrics
 from central_svc.server import create_server
 from central_svc.snapshots import SnapshotScheduler
+from central_svc.store.advisory_lock import SNAPSHOT_LOCK_KEY, AdvisoryLock
 from central_svc.store.database import Database
 from central_svc.store.embedded_postgres import EmbeddedPostgres
 from central_svc.store.migrate import upgrade
@@ -50,8 +52,10 @@ async def serve(config: AeternaConfig, ready_file: Path | None = None) -> int:
         url = owned.url
     try:
         _log.info("running database migrations")
-        await asyncio.to_thread(upgrade, url, vector_dimension=config.vector_database.dimension)
-        database = Database(url, max_size=config.postgresql.pool_size)
+        # Migrations hold a session-level advisory lock: directly, never through a pooler.
+        migrate_url = config.postgresql.direct_url or url
+        await asyncio.to_thread(upgrade, migrate_url, vector_dimension=config.vector_database.dimension)
+        database = Database(url, max_size=config.postgresql.pool_size, direct_url=config.postgresql.direct_url)
         await database.open()
         try:
             return await _serve_on(config, database, ready_file)
@@ -89,9 +93,16 @@ async def _serve_on(config: AeternaConfig, database: Database, ready_file: Path 
             server.health, config.central.listen_host, config.telemetry.health_port
         )
         _log.info("plaintext health endpoint for probes on port %d", health_port)
-    snapshots = SnapshotScheduler(deps.episode_store, deps.snapshot_dir, config.sync.episodic_memory.snapshot_interval)
+    # Scheduled snapshots on one replica only: whichever holds the snapshot advisory lock.
+    snapshots = SnapshotScheduler(
+        deps.episode_store,
+        deps.snapshot_dir,
+        config.sync.episodic_memory.snapshot_interval,
+        lock=AdvisoryLock(database.direct_conninfo, SNAPSHOT_LOCK_KEY),
+        retention=config.central.snapshot_retention,
+        on_leading=metrics.set_snapshot_leader,
+    )
     snapshots.start()
-    _log.info("episodic snapshots every %s into %s", config.sync.episodic_memory.snapshot_interval, deps.snapshot_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -116,6 +127,13 @@ async def _serve_on(config: AeternaConfig, database: Database, ready_file: Path 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``aeterna central``."""
     config = load_config(args.config, os.environ)
+    if getattr(args, "development", False):
+        config = config.model_copy(update={"development": True})
+    # Before anything starts (no embedded PostgreSQL for a refused configuration).
+    refused = refusal(config, "central")
+    if refused is not None:
+        print(refused, file=sys.stderr)
+        return EXIT_REFUSED
     configure_logging(config, "central")
     install_tracer_provider(config.telemetry, "central")
     with contextlib.suppress(KeyboardInterrupt):
@@ -145,6 +163,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m central_svc", description="Run Aeterna central.")
     parser.add_argument("--config", help="YAML config file (the spec's keys)")
     parser.add_argument("--ready-file", help="write {pid, port, metrics_port} here once serving")
+    parser.add_argument("--development", action="store_true", help=DEVELOPMENT_HELP)
     return run(parser.parse_args())
 
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aeterna_security.production import DEVELOPMENT_HELP
 from aeterna_shared.config import load_config
 from aeterna_shared.errors import AeternaError
 
@@ -36,6 +37,7 @@ def add_commands(subparsers: Subparsers) -> None:
     )
     central.add_argument("--config", help="YAML config file with the spec's keys (env AETERNA_* overrides)")
     central.add_argument("--ready-file", help="write JSON {pid, port, metrics_port} here once serving")
+    central.add_argument("--development", action="store_true", help=DEVELOPMENT_HELP)
     central.set_defaults(handler=_run_central)
 
     snapshot = subparsers.add_parser(

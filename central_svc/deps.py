@@ -103,7 +103,7 @@ async def build_deps(config: AeternaConfig, database: Database) -> CentralDeps:
         ),
         edges=EdgeRegistry(PostgresEdgeStore(database), config.sync.offline_after),
         policies=PolicyAuthority(policy_store, hub),
-        listener=PolicyListener(database.conninfo, hub.refresh),
+        listener=PolicyListener(database.direct_conninfo, hub.refresh),
         page_token_key=await page_token_key(database),
         snapshot_dir=snapshot_dir(config.central),
     )

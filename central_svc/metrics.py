@@ -1,4 +1,9 @@
-"""Central's Prometheus metrics: edge states and policy watchers, in a registry passed in (no globals)."""
+"""Central's Prometheus metrics: edge states, policy watchers, open review items and snapshot leadership.
+
+``aeterna_snapshot_leader`` is 1 on the one replica that takes the scheduled
+snapshots (``central_svc.snapshots.SnapshotScheduler``) and 0 on the others,
+so an operator (or a cluster test) can tell which replica leads.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,14 @@ class CentralMetrics:
         self.edges = Gauge("aeterna_edges", "Edges in central's registry, by state.", ["state"], registry=registry)
         self.online = Gauge("aeterna_edges_online", "Edges central considers online.", registry=registry)
         self.watchers = Gauge("aeterna_central_policy_watchers", "Connected policy watchers", registry=registry)
+        self.snapshot_leader = Gauge(
+            "aeterna_snapshot_leader", "1 when this replica takes the scheduled snapshots, else 0.", registry=registry
+        )
+        self.conflicts_open = Gauge(
+            "aeterna_replay_conflicts_open",
+            "Replayed decisions in conflict waiting for manual review (all tenants).",
+            registry=registry,
+        )
         self._schedule = Periodic("central-metrics", interval, self.refresh, first_now=True)
 
     async def refresh(self) -> None:
@@ -38,6 +51,11 @@ class CentralMetrics:
             self.edges.labels(state=state.name.lower()).set(count)
         self.online.set(counts[EdgeState.ONLINE])
         self.watchers.set(self._deps.policies.hub.watcher_count)
+        self.conflicts_open.set(await self._deps.decisions.pending_conflicts())
+
+    def set_snapshot_leader(self, leading: bool) -> None:
+        """Whether this replica leads the scheduled snapshots (``SnapshotScheduler``'s ``on_leading``)."""
+        self.snapshot_leader.set(1 if leading else 0)
 
     def start(self) -> None:
         """Refresh every interval."""

@@ -137,6 +137,10 @@ class DecisionStore(Protocol):
         """Settle a pending item; return it (also when it was already settled) or None when unknown."""
         ...
 
+    async def pending_conflicts(self) -> int:
+        """Review items waiting for a person, all tenants."""
+        ...
+
 
 class EpisodeStore(Protocol):
     """Where episodes live."""
@@ -159,6 +163,23 @@ class SnapshotSource(Protocol):
 
     async def import_rows(self, rows: list[SnapshotRow]) -> int:
         """Insert rows not yet present; return how many were new."""
+        ...
+
+
+class LeaderLock(Protocol):
+    """A lock at most one of several central replicas holds, for work only one of them may do (snapshots)."""
+
+    async def hold(self) -> bool:
+        """True while this replica holds the lock: take it when it is free, or confirm it is still held.
+
+        False when another replica holds it, or when the lock was lost (this
+        replica's hold on it ended with its connection); ``Unavailable`` when
+        the database cannot be asked, which also means the lock is not held.
+        """
+        ...
+
+    async def release(self) -> None:
+        """Give the lock up (another replica may take it) and close what holds it."""
         ...
 
 

@@ -277,6 +277,10 @@ class DecisionReplay:
         """A page of review items."""
         return await self._store.list_conflicts(tenant_id, state, after, limit)
 
+    async def pending_conflicts(self) -> int:
+        """Review items waiting for a person (the ``aeterna_replay_conflicts_open`` gauge)."""
+        return await self._store.pending_conflicts()
+
     async def resolve(
         self, tenant_id: str, conflict_id: str, resolution: Resolution | None, resolver: str, note: str
     ) -> ConflictRecord:

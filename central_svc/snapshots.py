@@ -9,23 +9,32 @@ Layout of a snapshot directory ``<snapshotDir>/episodes-<UTC time>/``:
 
 Restore (``aeterna snapshot restore DIR``) inserts every episode whose id is
 not yet present; it never overwrites, so restoring twice is harmless.
+
+Scheduled snapshots (``SnapshotScheduler``) are taken by one replica only when
+several share a database: the one holding the snapshot lock (a PostgreSQL
+advisory lock, ``central_svc.store.advisory_lock``). After each one, the
+complete snapshots older than the newest ``central.snapshotRetention`` are
+deleted (``prune``); a folder without a manifest is never deleted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import gzip
 import hashlib
 import json
 import logging
 import os
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from aeterna_shared.errors import FailedPrecondition, InvalidArgument
-from central_svc.periodic import Periodic
-from central_svc.ports import SnapshotSource
+from aeterna_shared.errors import AeternaError, FailedPrecondition, InvalidArgument
+from central_svc.ports import LeaderLock, SnapshotSource
 
 _log = logging.getLogger(__name__)
 
@@ -142,18 +151,141 @@ async def restore(source: SnapshotSource, path: Path, *, chunk: int = 1000) -> i
     return inserted
 
 
-class SnapshotScheduler:
-    """Writes a snapshot every ``interval`` while the server runs."""
+def prune(directory: Path, keep: int) -> list[Path]:
+    """Delete the complete snapshots older than the newest ``keep`` (0: none); returns the deleted folders.
 
-    def __init__(self, source: SnapshotSource, directory: Path, interval: timedelta) -> None:
-        self._schedule = Periodic(
-            "episodic-snapshots", interval.total_seconds(), lambda: create(source, directory), first_now=False
-        )
+    Only folders with a manifest count and go: one without (a snapshot still
+    being written, or one that failed half-way) is never touched here.
+    """
+    if keep <= 0 or not directory.is_dir():
+        return []
+    # The folder names carry the creation time in a fixed-width UTC format: by name is by age.
+    complete = sorted(path for path in directory.glob("episodes-*") if (path / MANIFEST).is_file())
+    old = complete[:-keep]
+    for path in old:
+        shutil.rmtree(path)
+        _log.info("deleted snapshot %s (central.snapshotRetention keeps the newest %d)", path, keep)
+    return old
+
+
+def newest(directory: Path) -> Manifest | None:
+    """The newest complete snapshot in ``directory`` (None when there is none)."""
+    complete = sorted(path for path in directory.glob("episodes-*") if (path / MANIFEST).is_file())
+    for path in reversed(complete):
+        with contextlib.suppress(InvalidArgument, KeyError, ValueError):
+            return read_manifest(path)
+    return None
+
+
+class SnapshotScheduler:
+    """Writes a snapshot every ``interval`` on the one replica that leads, keeping the newest ``retention``.
+
+    With a ``lock`` (``central_svc.ports.LeaderLock``, a PostgreSQL advisory
+    lock in production) only the replica holding it takes scheduled snapshots;
+    the others ask for it every ``check`` seconds (``min(interval, 30 s)``) and
+    the first to ask after the leader is gone (its connection ended with its
+    process) takes over. The leader confirms it still holds the lock as often,
+    and right before each snapshot. Without a lock this process always leads.
+
+    A new leader's first snapshot is due one interval after the newest complete
+    snapshot in ``directory`` (when the folder is shared, the schedule goes on
+    where the old leader left it), or one interval after it began to lead.
+    ``on_leading`` is told each change (for the ``aeterna_snapshot_leader`` gauge).
+    """
+
+    def __init__(
+        self,
+        source: SnapshotSource,
+        directory: Path,
+        interval: timedelta,
+        *,
+        lock: LeaderLock | None = None,
+        retention: int = 0,
+        on_leading: Callable[[bool], object] = lambda _leading: None,
+        check: float | None = None,
+    ) -> None:
+        self._source = source
+        self._directory = directory
+        self._interval = interval
+        self._lock = lock
+        self._retention = retention
+        self._on_leading = on_leading
+        self._check = check if check is not None else min(interval.total_seconds(), 30.0)
+        self._task: asyncio.Task[None] | None = None
+        self._due: datetime | None = None
+        self._problem = ""
+        self.leading = False
+        """Whether this replica takes the scheduled snapshots now."""
 
     def start(self) -> None:
-        """Begin the schedule (first snapshot one interval after start)."""
-        self._schedule.start()
+        """Begin asking for the lock and, while leading, the schedule."""
+        self._task = asyncio.create_task(self._run(), name="episodic-snapshots")
 
     async def stop(self) -> None:
-        """Stop the schedule."""
-        await self._schedule.stop()
+        """Stop the schedule (a snapshot in progress is cancelled) and give the lock up."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._lock is not None:
+            await self._lock.release()
+        if self.leading:
+            _log.info("stopped taking scheduled snapshots; the snapshot lock is released for another replica")
+        self._lead(False, stopping=True)
+
+    async def _holds(self) -> bool:
+        if self._lock is None:
+            return True
+        try:
+            held = await self._lock.hold()
+        except AeternaError as error:
+            if error.message != self._problem:
+                _log.warning("cannot ask for the snapshot lock: %s [%s]", error.message, error.reason)
+            self._problem = error.message
+            return False
+        except Exception:  # a bug in the adapter must not end the schedule for good: not leading, ask again
+            _log.exception("asking for the snapshot lock failed")
+            return False
+        self._problem = ""
+        return held
+
+    def _lead(self, leading: bool, *, stopping: bool = False) -> None:
+        if leading == self.leading:
+            return
+        self.leading = leading
+        self._on_leading(leading)
+        if leading:
+            _log.info("taking scheduled snapshots (leader) every %s into %s", self._interval, self._directory)
+            last = newest(self._directory)
+            since = last.created if last is not None else datetime.now(UTC)
+            self._due = since + self._interval
+        else:
+            if not stopping:
+                _log.warning("no longer the snapshot leader: another replica may take the scheduled snapshots")
+            self._due = None
+
+    async def _run(self) -> None:
+        waiting_logged = False
+        while True:
+            self._lead(await self._holds())
+            if not self.leading and not waiting_logged and self._lock is not None:
+                _log.info("another replica takes the scheduled snapshots; asking again every %.0f s", self._check)
+                waiting_logged = True
+            if self.leading and self._due is not None and datetime.now(UTC) >= self._due:
+                await self._snapshot()
+            await asyncio.sleep(self._pause())
+
+    def _pause(self) -> float:
+        if not self.leading or self._due is None:
+            return self._check
+        until_due = (self._due - datetime.now(UTC)).total_seconds()
+        return min(self._check, max(until_due, 0.05))
+
+    async def _snapshot(self) -> None:
+        self._due = datetime.now(UTC) + self._interval
+        try:
+            await create(self._source, self._directory)
+            await asyncio.to_thread(prune, self._directory, self._retention)
+        except Exception:
+            _log.exception("episodic snapshot failed; next one in %s", self._interval)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from aeterna_security.production import DEVELOPMENT_HELP
 from edge_svc.server import main
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m edge_svc", description="Run an Aeterna edge node.")
     parser.add_argument("--config")
     parser.add_argument("--ready-file")
+    parser.add_argument("--development", action="store_true", help=DEVELOPMENT_HELP)
     arguments = parser.parse_args()
-    sys.exit(main(arguments.config, arguments.ready_file))
+    sys.exit(main(arguments.config, arguments.ready_file, development=arguments.development))

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aeterna_security.production import DEVELOPMENT_HELP
 from edge_svc.records import Channel
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         metavar="PATH",
         help="write JSON {pid, port, metrics_port} here (atomically) once the edge is serving",
     )
+    edge.add_argument("--development", action="store_true", help=DEVELOPMENT_HELP)
     edge.set_defaults(handler=_run_edge)
 
     dead = subparsers.add_parser(
@@ -93,4 +95,4 @@ def _dead_letters_on(outbox: SqliteOutbox, args: argparse.Namespace) -> int:
 def _run_edge(args: argparse.Namespace) -> int:
     from edge_svc.server import main  # noqa: PLC0415 - keep `aeterna --help` fast
 
-    return main(args.config, args.ready_file)
+    return main(args.config, args.ready_file, development=args.development)

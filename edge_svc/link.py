@@ -9,6 +9,12 @@ callbacks (the sync engine resumes from central's checkpoint and drains).
 
 The edge starts OFFLINE and runs one check before it reports ready, so a
 freshly started edge with no central never waits on timeouts.
+
+The check asks for central's readiness (service ""), which is NOT_SERVING
+while central cannot reach its PostgreSQL: the edge then goes OFFLINE and
+queues, as it should, since central could not store a batch anyway. Behind a
+balancer the check lands on any replica; one that lost its database is taken
+out of rotation by its own readiness.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ A bundle is parsed once per version into cedarpy's ``PolicySet`` and
 ``Entities`` handles and swapped in with one attribute assignment, so a
 decision in flight always sees one whole bundle. Bundles arrive over
 ``WatchPolicies`` (the ``PolicyWatcher`` reconnects with backoff and resumes
-from the version it holds) and are persisted, so an edge restarted without a
+from the version it holds; a stream central ends after it lived a while, as
+each does when its connection reaches ``central.maxConnectionAge``, is
+re-opened at once, not after a growing delay) and are persisted, so an edge restarted without a
 network decides with the last bundle it had. Before any bundle exists every
 request is denied with an error that says so.
 """
@@ -167,6 +169,18 @@ def _merge_entities(bundle_json: str, extra_json: str) -> Any:
         raise InvalidArgument.for_field("entities_json", f"is not a valid Cedar entity list: {error}") from None
 
 
+ESTABLISHED_SECONDS = 5.0
+"""A watch stream open at least this long before it ended does not count as a failed attempt (no backoff growth)."""
+
+
+def _why(error: Exception) -> str:
+    """One line for how a watch stream ended (an RPC error's code and details, not its multi-line repr)."""
+    code, details = getattr(error, "code", None), getattr(error, "details", None)
+    if callable(code) and callable(details):
+        return f"{getattr(code(), 'name', code())}: {details()}"
+    return str(error) or type(error).__name__
+
+
 class PolicyWatcher:
     """Keeps a ``WatchPolicies`` stream open while online and applies what it brings."""
 
@@ -183,8 +197,10 @@ class PolicyWatcher:
 
     async def _run(self) -> None:
         attempt = 0
+        loop = asyncio.get_running_loop()
         while True:
             await self._link.wait_online()
+            opened = loop.time()
             try:
                 async for bundle in self._central.watch_policies(self._agent.version):
                     attempt = 0
@@ -194,7 +210,11 @@ class PolicyWatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                _log.info("policy watch ended: %s", error)
+                _log.info("policy watch ended (%s); watching again from version %d", _why(error), self._agent.version)
+            if loop.time() - opened >= ESTABLISHED_SECONDS:
+                # A stream that lived was no failed attempt: central ended it (its connection reached
+                # central.maxConnectionAge, a replica stopped), so the next one is opened without a growing delay.
+                attempt = 0
             await asyncio.sleep(backoff_delay(attempt, self._retry_base, 30.0))
             attempt += 1
 

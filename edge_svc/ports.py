@@ -31,6 +31,10 @@ Mutation = Callable[[bytes | None, dict[str, str]], tuple[bytes, dict[str, str]]
 class Cache(Protocol):
     """The Redis-protocol store holding working memory, or session memory (each has its own instance)."""
 
+    async def ping(self) -> bool:
+        """True when the store answers (readiness asks this); ``Unavailable`` when it cannot be reached."""
+        ...
+
     async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
         """Store ``value`` under ``key`` for ``ttl_ms`` milliseconds."""
         ...

@@ -7,13 +7,20 @@ the loops start, and the ready file is written. SIGTERM (or SIGINT) stops it
 gracefully: NOT_SERVING, flush what can be flushed, AnnounceOffline, stop the
 server, close the stores and stop the owned servers (``EdgeDeps.close``).
 
-Health (``grpc.health.v1``): the whole server ("") and ``aeterna.edge.v1.EdgeService``
-report SERVING while the edge serves — that is liveness and readiness, and an
-edge whose sync is stuck still answers agents. Sync progress has its own
-service name, ``aeterna.sync``: SERVING normally, NOT_SERVING while a sync
-channel is degraded (the link is online but the channel makes no progress; see
-``edge_svc.sync``). A probe or an operator asks for it by name; nothing
-restarts the edge for it.
+Health (``grpc.health.v1``), three meanings by service name:
+
+* readiness: the whole server ("") and ``aeterna.edge.v1.EdgeService`` report
+  SERVING while the edge's session store answers a PING
+  (``aeterna_server.readiness``, every few seconds), NOT_SERVING while it
+  does not (no session can be read or written then) and from the start of a
+  graceful shutdown. An edge whose link to central is down or whose sync is
+  stuck is still ready: it answers agents from its cache and queues;
+* liveness: ``aeterna.liveness``, SERVING for as long as the process runs,
+  whether Redis answers or not (a restart would not bring Redis back);
+* sync progress: ``aeterna.sync``, SERVING normally, NOT_SERVING while a sync
+  channel is degraded (the link is online but the channel makes no progress;
+  see ``edge_svc.sync``). A probe or an operator asks for it by name; nothing
+  restarts the edge for it.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import json
 import logging
 import os
 import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +41,9 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2
 from prometheus_client import CollectorRegistry
 
+from aeterna_security.production import EXIT_REFUSED, refusal
 from aeterna_security.tls import server_credentials
+from aeterna_server.readiness import ReadinessWatch
 from aeterna_server.server import (
     ServiceBinding,
     bind,
@@ -72,13 +82,17 @@ class EdgeServer:
     """The node whose sync state ``aeterna.sync`` reports (None: not reported)."""
     sync_poll_seconds: float = 5.0
     """How often the sync state is looked at: ``centralServer.healthCheck.interval``, within [0.1, 5] s."""
+    readiness: ReadinessWatch | None = None
+    """Keeps readiness in step with the session store (None: always ready while serving)."""
     _watcher: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _sync_degraded: bool | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> None:
-        """Start serving and report SERVING (and the sync state under ``aeterna.sync``)."""
+        """Start serving, report SERVING (readiness then follows the session store), and the sync state."""
         await self.server.start()
         await mark_serving(self.health, [SERVICE_NAME])
+        if self.readiness is not None:
+            self.readiness.start()
         if self.node is not None:
             await self.report_sync()
             self._watcher = asyncio.get_running_loop().create_task(self._watch_sync(), name="sync-health")
@@ -115,6 +129,8 @@ class EdgeServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
+        if self.readiness is not None:
+            await self.readiness.stop()
         await mark_not_serving(self.health)
         await self.server.stop(grace)
 
@@ -130,7 +146,8 @@ def create_server(config: AeternaConfig, deps: EdgeNode) -> tuple[EdgeServer, in
     )
     port = bind(server, config.edge.listen_host, config.edge.listen_port, server_credentials(config.tls))
     poll = min(max(config.central_server.health_check.interval.total_seconds(), 0.1), 5.0)
-    return EdgeServer(server, health_servicer, deps, poll), port
+    readiness = ReadinessWatch(health_servicer, [SERVICE_NAME], deps.sessions.cache.ping, dependency="session store")
+    return EdgeServer(server, health_servicer, deps, poll, readiness), port
 
 
 def write_ready_file(path: Path, port: int, metrics_port: int) -> None:
@@ -194,10 +211,21 @@ async def _serve(deps: EdgeDeps, registry: CollectorRegistry, ready_file: Path |
     return 0
 
 
-def main(config_path: str | None, ready_file: str | None) -> int:
+def main(config_path: str | None, ready_file: str | None, *, development: bool = False) -> int:
     """Load the configuration and run the edge; a refused start (data directory in use,
-    unsafe cache, ...) is one clear ERROR line and exit status 1."""
+    unsafe cache, ...) is one clear ERROR line and exit status 1.
+
+    Development-only settings outside development mode (``development`` is the
+    ``--development`` flag) are refused before anything starts: one paragraph
+    on stderr and exit status 2 (``aeterna_security.production``).
+    """
     config = load_config(config_path)
+    if development:
+        config = config.model_copy(update={"development": True})
+    refused = refusal(config, "edge")
+    if refused is not None:
+        print(refused, file=sys.stderr)
+        return EXIT_REFUSED
     configure_logging(config, "edge")
     install_tracer_provider(config.telemetry, "edge")
     try:

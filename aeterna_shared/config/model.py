@@ -448,6 +448,10 @@ class PostgresqlSection(Section):
     """postgresql:// URL of central's database. Unset: central starts an embedded PostgreSQL 18 + pgvector."""
     pool_size: int = Field(default=10, ge=1, le=500)
     """Connections in central's pool."""
+    direct_url: str | None = None
+    """postgresql:// URL for central's two session-bound connections, LISTEN/NOTIFY (policy push) and the
+    snapshot advisory lock, when ``url`` goes through a transaction-pooling PgBouncer, which breaks both.
+    Unset: ``url``."""
     cloudnativepg: dict[str, Any] = Field(default_factory=dict)
     """Chart only: the CloudNativePG cluster."""
 
@@ -476,6 +480,14 @@ class CentralSection(Section):
     """Address to bind; 0.0.0.0 in a container."""
     snapshot_dir: str | None = None
     """Where episodic snapshots go; default <dataDir>/snapshots."""
+    snapshot_retention: int = Field(default=7, ge=0)
+    """Complete snapshots kept in snapshotDir: older ones are deleted after each scheduled snapshot; 0 keeps all."""
+    max_connection_age: Duration = timedelta(seconds=300)
+    """GOAWAY to a client connection this old (gRPC jitters it by ±10 % per connection), so long-lived edge
+    streams move to replicas added later; 0s: never."""
+    max_connection_age_grace: Duration = timedelta(seconds=30)
+    """How long calls still open on a connection past maxConnectionAge may go on before it is closed (their
+    clients retry on a new one); 0s: until they end."""
     api_keys: dict[str, str] = Field(default_factory=dict)
     """Development only: agent id -> API key, hashed at load; use sync.auth.apiKeysFile in production."""
 
@@ -515,6 +527,10 @@ class TelemetrySection(Section):
 class AeternaConfig(Section):
     deployment_mode: Literal["central", "edge", "hybrid"] = "hybrid"
     """Which part this document configures; hybrid accepts both."""
+    development: bool = False
+    """Development mode: allows the public development signing key (no ``sync.signing`` key configured)
+    and ``sync.auth.method: none``; for local setups, the demo and the tests. Outside it central and edges
+    refuse to start with either (``--development`` on ``aeterna central``/``aeterna edge`` sets it too)."""
     cache: CacheConfig = CacheConfig()
     """Edge cache (the spec's cache block)."""
     sync: SyncConfig = SyncConfig()

@@ -81,9 +81,12 @@ class Database:
     Built by the wiring (``__main__`` or a test), opened once, closed on shutdown.
     """
 
-    def __init__(self, url: str, *, max_size: int = 10) -> None:
+    def __init__(self, url: str, *, max_size: int = 10, direct_url: str | None = None) -> None:
         self.url = url
         self.conninfo = psycopg_conninfo(url)
+        self.direct_conninfo = psycopg_conninfo(direct_url) if direct_url else self.conninfo
+        """For connections that hold session state (LISTEN, advisory locks): never through a
+        transaction-pooling PgBouncer (``postgresql.directUrl``)."""
         self._pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             self.conninfo, min_size=1, max_size=max_size, open=False, kwargs={"autocommit": True}
         )
@@ -95,6 +98,11 @@ class Database:
     async def close(self) -> None:
         """Close every connection."""
         await self._pool.close()
+
+    async def ping(self) -> None:
+        """``SELECT 1`` on a pooled connection (readiness); ``Unavailable`` when the database cannot answer."""
+        async with self.connection() as connection:
+            await connection.execute("SELECT 1")
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from central_svc.ports import Transaction
 from central_svc.replay import ConflictRecord, ConflictState, DecisionWrites, Effective, Resolution, Status
-from central_svc.store.database import Database, connection_of
+from central_svc.store.database import Connection, Database, connection_of
 
 _INSERT = """
 INSERT INTO decisions (decision_id, tenant_id, agent_id, resource, decide_time, status, data)
@@ -38,6 +38,30 @@ def _conflict(row: tuple[Any, ...]) -> ConflictRecord:
     )
 
 
+_RESOURCE_LOCK_SPACE = 7411003
+"""First key of the per-(tenant, resource) transaction advisory locks (migrations hold 7411001, snapshots 7411002)."""
+
+
+async def _lock_resources(connection: Connection, tenant_id: str, resources: list[str]) -> None:
+    """Serialize every transaction that changes which decision is effective on these resources.
+
+    Row locks alone do not (tests/cluster found two effective decisions on one
+    resource from two replicas): with no effective row there is nothing to
+    lock, and a row superseded while a replay waited for it is skipped on
+    re-check while its successor is invisible to that statement's snapshot. So
+    a transaction-level lock per (tenant, resource) comes first, taken in one
+    global order (no deadlocks); statements after the wait see what the other
+    transaction committed. Two resources sharing a hash only wait for each other.
+    """
+    if not resources:
+        return
+    await connection.execute(
+        "SELECT count(pg_advisory_xact_lock(%s, k.h)) FROM"
+        " (SELECT DISTINCT hashtext(%s || '/' || r) AS h FROM unnest(%s::text[]) AS r ORDER BY h) AS k",
+        (_RESOURCE_LOCK_SPACE, tenant_id, resources),
+    )
+
+
 class PostgresDecisionStore:
     """Decisions and conflicts in PostgreSQL."""
 
@@ -54,10 +78,12 @@ class PostgresDecisionStore:
         return {row[0] for row in await cursor.fetchall()}
 
     async def effective(self, transaction: Transaction, tenant_id: str, resources: list[str]) -> dict[str, Effective]:
-        """Effective decision per resource, rows locked so concurrent replays on a resource serialize."""
+        """Effective decision per resource; concurrent replays on a resource serialize on an advisory lock."""
         if not resources:
             return {}
-        cursor = await connection_of(transaction).execute(
+        connection = connection_of(transaction)
+        await _lock_resources(connection, tenant_id, resources)
+        cursor = await connection.execute(
             "SELECT resource, decision_id, decide_time FROM decisions"
             " WHERE tenant_id = %s AND resource = ANY(%s) AND status = 'effective' FOR UPDATE",
             (tenant_id, resources),
@@ -122,6 +148,15 @@ class PostgresDecisionStore:
             cursor = await connection.execute(sql, params)
             return [_conflict(row) for row in await cursor.fetchall()]
 
+    async def pending_conflicts(self) -> int:
+        """Review items waiting for a person, all tenants."""
+        async with self._database.connection() as connection:
+            cursor = await connection.execute(
+                "SELECT count(*) FROM conflicts WHERE state = %s", (int(ConflictState.PENDING),)
+            )
+            row = await cursor.fetchone()
+            return int(row[0]) if row else 0
+
     async def resolve(
         self, tenant_id: str, conflict_id: str, resolution: Resolution, resolver: str, note: str
     ) -> ConflictRecord | None:
@@ -137,14 +172,24 @@ class PostgresDecisionStore:
                 return None
             edge_id, central_id, state = row
             if state == ConflictState.PENDING:
+                cursor = await connection.execute("SELECT resource FROM decisions WHERE decision_id = %s", (edge_id,))
+                resource_row = await cursor.fetchone()
+                resources = [] if resource_row is None else [resource_row[0]]
+                await _lock_resources(connection, tenant_id, resources)
                 await connection.execute(
                     "UPDATE conflicts SET state = %s, resolution = %s, resolved_by = %s, resolved_at = now(), note = %s"
                     " WHERE conflict_id = %s::uuid",
                     (int(ConflictState.RESOLVED), int(resolution), resolver, note, conflict_id),
                 )
                 if resolution is Resolution.KEEP_EDGE:
+                    # Whatever is effective on the resource now (the central decision, or a later one
+                    # replayed since) gives way: one effective decision per resource, always.
                     await connection.execute(
                         "UPDATE decisions SET status = %s WHERE decision_id = %s", (Status.SUPERSEDED, central_id)
+                    )
+                    await connection.execute(
+                        "UPDATE decisions SET status = %s WHERE tenant_id = %s AND resource = ANY(%s) AND status = %s",
+                        (Status.SUPERSEDED, tenant_id, resources, Status.EFFECTIVE),
                     )
                     await connection.execute(
                         "UPDATE decisions SET status = %s WHERE decision_id = %s", (Status.EFFECTIVE, edge_id)

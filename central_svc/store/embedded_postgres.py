@@ -7,7 +7,15 @@ approach to running as root (PostgreSQL refuses to run as root, so initdb and
 pg_ctl run as a dedicated system user that owns the data directory).
 
 The server listens on a Unix socket only (no TCP port to collide with other
-processes on a shared machine).
+processes on a shared machine), and accepts only its owner, twice over: the
+socket's directory is 0700 and owned by the server's user (other local users
+cannot even reach the socket), and every connection must authenticate with
+scram-sha-256. The password is random, generated once per data directory and
+kept in ``<data_dir>/password`` (0600); ``url``, ``url_for()`` and
+``conninfo()`` carry it, so callers need nothing else. ``pg_hba.conf`` is
+rewritten at every start; a data directory initialized by an older version
+(``--auth=trust``, no password file) gets its password set in single-user
+mode, before the server first listens with the new rules.
 
 One owner per data directory (``aeterna_shared.process_lock``): the first
 ``start()`` takes an exclusive lock on ``<data_dir>/owner.lock`` and holds it
@@ -33,6 +41,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import secrets
 import signal
 import stat
 import subprocess
@@ -70,6 +79,18 @@ DATABASE_USER = "postgres"
 
 # sun_path is 108 bytes on Linux; PostgreSQL appends "/.s.PGSQL.5432".
 _MAX_SOCKET_PATH = 100
+
+PASSWORD_FILE_NAME = "password"  # noqa: S105 - a file name, not a secret
+"""The database superuser's password, inside the data directory (0600)."""
+
+HBA_RULES = """\
+# Written by aeterna (central_svc/store/embedded_postgres.py) at every start; edits are lost.
+# Only the owner: the password in ../password, scram-sha-256, on the 0700 socket directory.
+local all all scram-sha-256
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+"""
+"""``pg_hba.conf``: no trust, no peer; password authentication everywhere (there is no TCP listener)."""
 
 # Fast-start settings that are safe for any use: they do not weaken durability.
 _BASE_SETTINGS: dict[str, str] = {
@@ -143,17 +164,33 @@ class EmbeddedPostgres:
         return self._socket_dir
 
     @property
+    def password_path(self) -> Path:
+        """The file holding the superuser's password (created by the first ``start()``)."""
+        return self.root / PASSWORD_FILE_NAME
+
+    def _password(self) -> str | None:
+        """The superuser's password, read from the data directory; None before the first start."""
+        try:
+            return self.password_path.read_text(encoding="ascii").strip() or None
+        except FileNotFoundError:
+            return None
+
+    @property
     def url(self) -> str:
         """SQLAlchemy URL of the ``postgres`` database."""
         return self.url_for("postgres")
 
     def url_for(self, database: str) -> str:
-        """SQLAlchemy URL (psycopg 3 driver) of ``database`` on this server."""
-        return f"postgresql+psycopg://{DATABASE_USER}@/{database}?host={quote(str(self._socket_dir), safe='/')}"
+        """SQLAlchemy URL (psycopg 3 driver) of ``database`` on this server, with the password."""
+        password = self._password()
+        credentials = DATABASE_USER if password is None else f"{DATABASE_USER}:{quote(password, safe='')}"
+        return f"postgresql+psycopg://{credentials}@/{database}?host={quote(str(self._socket_dir), safe='/')}"
 
     def conninfo(self, database: str = "postgres") -> str:
-        """libpq connection string of ``database``, for psycopg directly."""
-        return f"host={self._socket_dir} user={DATABASE_USER} dbname={database}"
+        """libpq connection string of ``database``, with the password, for psycopg directly."""
+        password = self._password()
+        secret = "" if password is None else f" password={password}"
+        return f"host={self._socket_dir} user={DATABASE_USER} dbname={database}{secret}"
 
     def _command(self, name: str, args: list[str], timeout: float = 60.0) -> None:
         executable = str(POSTGRES_BIN_PATH / name)
@@ -179,19 +216,88 @@ class EmbeddedPostgres:
 
     def _prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self._socket_dir.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o700)
+        self._private_socket_dir()
+        new_password = self._ensure_password_file()
         if self._user is not None:
             _open_prefixes(self.root)
             _open_prefixes(POSTGRES_BIN_PATH)
             _chown_tree(self.root, self._user)
             if self._socket_dir != self.root:
                 _chown_tree(self._socket_dir, self._user)
+        hba = self.pgdata / "pg_hba.conf"
         if not (self.pgdata / "PG_VERSION").exists():
             _log.info("initializing PostgreSQL cluster in %s", self.pgdata)
             self._command(
                 "initdb",
-                ["-D", str(self.pgdata), "--auth=trust", "--encoding=utf8", "--no-instructions", "-U", DATABASE_USER],
+                [
+                    "-D",
+                    str(self.pgdata),
+                    "--auth=scram-sha-256",
+                    f"--pwfile={self.password_path}",
+                    "--encoding=utf8",
+                    "--no-instructions",
+                    "-U",
+                    DATABASE_USER,
+                ],
                 timeout=120,
+            )
+        elif new_password or _read(hba) != HBA_RULES:
+            # A cluster from before password authentication (trust), or its password file was lost.
+            _log.warning("setting a new password for the PostgreSQL superuser of %s", self.pgdata)
+            self._set_password()
+        if _read(hba) != HBA_RULES:
+            hba.write_text(HBA_RULES)
+            hba.chmod(0o600)
+            if self._user is not None:
+                entry = pwd.getpwnam(self._user)
+                os.chown(hba, entry.pw_uid, entry.pw_gid)
+
+    def _private_socket_dir(self) -> None:
+        """Create the socket directory 0700; refuse one that somebody else made (it may sit in /tmp)."""
+        directory = self._socket_dir
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700, parents=True)
+        info = directory.lstat()
+        allowed = {os.geteuid()}
+        if self._user is not None:
+            allowed.add(pwd.getpwnam(self._user).pw_uid)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid not in allowed:
+            raise EmbeddedPostgresError(
+                f"the socket directory {directory} is not a directory owned by this user or {self._user or 'us'}; "
+                "remove it (or choose another central.dataDir)"
+            )
+        directory.chmod(0o700)
+
+    def _ensure_password_file(self) -> bool:
+        """Create ``password`` (random, 0600) unless it exists; True when it was created now."""
+        if self._password() is not None:
+            self.password_path.chmod(0o600)
+            return False
+        descriptor = os.open(self.password_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+        self.password_path.chmod(0o600)
+        return True
+
+    def _set_password(self) -> None:
+        """Set the superuser's password from the password file, in single-user mode (no server listening)."""
+        password = self._password()
+        assert password is not None
+        single_user = [str(POSTGRES_BIN_PATH / "postgres"), "--single", "-D", str(self.pgdata), "postgres"]
+        result = subprocess.run(
+            [*run_as_prefix(self._user), *single_user],
+            input=f"ALTER ROLE {DATABASE_USER} PASSWORD '{password}';\n",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd="/",
+        )
+        output = (result.stderr + result.stdout).replace(password, "***")
+        if result.returncode != 0 or "ERROR:" in output or "FATAL:" in output:
+            raise EmbeddedPostgresError(
+                f"setting the superuser's password in single-user mode failed ({result.returncode}):\n{output}"
             )
 
     def _pid_in_file(self) -> int | None:
@@ -328,6 +434,14 @@ class EmbeddedPostgres:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _read(path: Path) -> str | None:
+    """A text file's content, or None when it cannot be read."""
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def _exists(pid: int) -> bool:

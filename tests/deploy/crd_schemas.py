@@ -1,8 +1,8 @@
 """Small structural schemas for the CRD kinds the chart renders.
 
 kubernetes-validate only knows built-in kinds. These schemas cover the fields
-the chart writes for CloudNativePG, cert-manager, Prometheus Operator and Istio
-resources: required fields, value types and enums, and - where the chart
+the chart writes for CloudNativePG, cert-manager, Prometheus Operator, Istio
+and Gateway API resources: required fields, value types and enums, and - where the chart
 writes a whole block - no unknown keys, so a typo in a template fails. They are
 written from the projects' API references, not generated from the CRDs.
 """
@@ -101,6 +101,116 @@ CNPG_CLUSTER = _resource(
                 "additionalProperties": False,
                 "properties": {"enablePodMonitor": {"type": "boolean"}},
             },
+            "backup": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "barmanObjectStore": {
+                        "type": "object",
+                        "required": ["destinationPath"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "destinationPath": _STR,
+                            "endpointURL": _STR,
+                            "endpointCA": {"$ref": "#/$defs/secretKeySelector"},
+                            "serverName": _STR,
+                            "s3Credentials": {"type": "object"},
+                            "googleCredentials": {"type": "object"},
+                            "azureCredentials": {"type": "object"},
+                            "wal": {"type": "object"},
+                            "data": {"type": "object"},
+                            "tags": _LABELS,
+                            "historyTags": _LABELS,
+                        },
+                    },
+                    "volumeSnapshot": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "className": _STR,
+                            "walClassName": _STR,
+                            "tablespaceClassName": _LABELS,
+                            "labels": _LABELS,
+                            "annotations": _LABELS,
+                            "snapshotOwnerReference": {"enum": ["none", "cluster", "backup"]},
+                            "online": {"type": "boolean"},
+                            "onlineConfiguration": {"type": "object"},
+                        },
+                    },
+                    "retentionPolicy": {"type": "string", "pattern": r"^[1-9][0-9]*[dwm]$"},
+                    "target": {"enum": ["primary", "prefer-standby"]},
+                },
+            },
+        },
+    },
+)
+CNPG_CLUSTER["$defs"] = {
+    "secretKeySelector": {
+        "type": "object",
+        "required": ["name", "key"],
+        "additionalProperties": False,
+        "properties": {"name": _STR, "key": _STR},
+    }
+}
+
+CNPG_POOLER = _resource(
+    "postgresql.cnpg.io/v1",
+    "Pooler",
+    {
+        "type": "object",
+        "required": ["cluster", "pgbouncer"],
+        "additionalProperties": False,
+        "properties": {
+            "cluster": {
+                "type": "object",
+                "required": ["name"],
+                "additionalProperties": False,
+                "properties": {"name": _STR},
+            },
+            "instances": {"type": "integer", "minimum": 0},
+            "type": {"enum": ["rw", "ro"]},
+            "pgbouncer": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "poolMode": {"enum": ["session", "transaction"]},
+                    "parameters": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "pg_hba": {"type": "array", "items": _STR},
+                    "paused": {"type": "boolean"},
+                },
+            },
+            "template": {"type": "object"},
+            "monitoring": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"enablePodMonitor": {"type": "boolean"}},
+            },
+        },
+    },
+)
+
+CNPG_SCHEDULED_BACKUP = _resource(
+    "postgresql.cnpg.io/v1",
+    "ScheduledBackup",
+    {
+        "type": "object",
+        "required": ["schedule", "cluster"],
+        "additionalProperties": False,
+        "properties": {
+            # Six fields: CloudNativePG's cron starts with seconds.
+            "schedule": {"type": "string", "pattern": r"^\S+( \S+){5}$"},
+            "cluster": {
+                "type": "object",
+                "required": ["name"],
+                "additionalProperties": False,
+                "properties": {"name": _STR},
+            },
+            "method": {"enum": ["barmanObjectStore", "volumeSnapshot", "plugin"]},
+            "immediate": {"type": "boolean"},
+            "suspend": {"type": "boolean"},
+            "backupOwnerReference": {"enum": ["none", "self", "cluster"]},
+            "target": {"enum": ["primary", "prefer-standby"]},
+            "online": {"type": "boolean"},
         },
     },
 )
@@ -249,15 +359,63 @@ DESTINATION_RULE = _resource(
     },
 )
 
+_VIRTUAL_SERVICE_ROUTE: dict[str, Any] = {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "type": "object",
+        "required": ["destination"],
+        "additionalProperties": False,
+        "properties": {
+            "destination": {
+                "type": "object",
+                "required": ["host"],
+                "additionalProperties": False,
+                "properties": {
+                    "host": _STR,
+                    "port": {"type": "object", "additionalProperties": False, "properties": {"number": _INT}},
+                },
+            }
+        },
+    },
+}
+"""An Istio VirtualService route (tls and http alike): destinations by host and port number."""
+
 VIRTUAL_SERVICE = _resource(
     "networking.istio.io/v1",
     "VirtualService",
     {
         "type": "object",
-        "required": ["hosts", "http"],
+        "required": ["hosts"],
+        "anyOf": [{"required": ["http"]}, {"required": ["tls"]}],
         "additionalProperties": False,
         "properties": {
             "hosts": {"type": "array", "minItems": 1, "items": _STR},
+            "gateways": {"type": "array", "items": _STR},
+            "tls": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["match", "route"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "match": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {
+                                "type": "object",
+                                "required": ["sniHosts"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "port": _INT,
+                                    "sniHosts": {"type": "array", "minItems": 1, "items": _STR},
+                                },
+                            },
+                        },
+                        "route": _VIRTUAL_SERVICE_ROUTE,
+                    },
+                },
+            },
             "http": {
                 "type": "array",
                 "items": {
@@ -270,30 +428,7 @@ VIRTUAL_SERVICE = _resource(
                             "type": "array",
                             "items": {"type": "object", "additionalProperties": False, "properties": {"port": _INT}},
                         },
-                        "route": {
-                            "type": "array",
-                            "minItems": 1,
-                            "items": {
-                                "type": "object",
-                                "required": ["destination"],
-                                "additionalProperties": False,
-                                "properties": {
-                                    "destination": {
-                                        "type": "object",
-                                        "required": ["host"],
-                                        "additionalProperties": False,
-                                        "properties": {
-                                            "host": _STR,
-                                            "port": {
-                                                "type": "object",
-                                                "additionalProperties": False,
-                                                "properties": {"number": _INT},
-                                            },
-                                        },
-                                    }
-                                },
-                            },
-                        },
+                        "route": _VIRTUAL_SERVICE_ROUTE,
                         "retries": {
                             "type": "object",
                             "additionalProperties": False,
@@ -310,11 +445,234 @@ VIRTUAL_SERVICE = _resource(
     },
 )
 
+ISTIO_GATEWAY = _resource(
+    "networking.istio.io/v1",
+    "Gateway",
+    {
+        "type": "object",
+        "required": ["selector", "servers"],
+        "additionalProperties": False,
+        "properties": {
+            "selector": _LABELS,
+            "servers": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["port", "hosts"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "port": {
+                            "type": "object",
+                            "required": ["number", "name", "protocol"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "number": _INT,
+                                "name": _STR,
+                                "protocol": {"enum": ["HTTP", "HTTPS", "GRPC", "HTTP2", "MONGO", "TCP", "TLS"]},
+                            },
+                        },
+                        "tls": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "mode": {
+                                    "enum": [
+                                        "PASSTHROUGH",
+                                        "SIMPLE",
+                                        "MUTUAL",
+                                        "AUTO_PASSTHROUGH",
+                                        "ISTIO_MUTUAL",
+                                        "OPTIONAL_MUTUAL",
+                                    ]
+                                }
+                            },
+                        },
+                        "hosts": {"type": "array", "minItems": 1, "items": _STR},
+                    },
+                },
+            },
+        },
+    },
+)
+
+_PARENT_REFS = {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "type": "object",
+        "required": ["name"],
+        "additionalProperties": False,
+        "properties": {
+            "name": _STR,
+            "namespace": _STR,
+            "sectionName": _STR,
+            "port": _INT,
+            "group": {"type": "string"},
+            "kind": _STR,
+        },
+    },
+}
+_HOSTNAMES = {
+    "type": "array",
+    "minItems": 1,
+    "items": {"type": "string", "pattern": r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"},
+}
+_BACKEND_REFS = {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "type": "object",
+        "required": ["name", "port"],
+        "additionalProperties": False,
+        "properties": {"name": _STR, "port": {"type": "integer", "minimum": 1, "maximum": 65535}, "weight": _INT},
+    },
+}
+
+
+def _route(api_version: str, kind: str) -> dict[str, Any]:
+    return _resource(
+        api_version,
+        kind,
+        {
+            "type": "object",
+            "required": ["parentRefs", "rules"],
+            "additionalProperties": False,
+            "properties": {
+                "parentRefs": _PARENT_REFS,
+                "hostnames": _HOSTNAMES,
+                "rules": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["backendRefs"],
+                        "additionalProperties": False,
+                        "properties": {"backendRefs": _BACKEND_REFS},
+                    },
+                },
+            },
+        },
+    )
+
+
+GATEWAY = _resource(
+    "gateway.networking.k8s.io/v1",
+    "Gateway",
+    {
+        "type": "object",
+        "required": ["gatewayClassName", "listeners"],
+        "additionalProperties": False,
+        "properties": {
+            "gatewayClassName": _STR,
+            "listeners": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["name", "port", "protocol"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+                        "hostname": _HOSTNAMES["items"],
+                        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                        "protocol": {"enum": ["HTTP", "HTTPS", "TLS", "TCP", "UDP"]},
+                        "tls": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "mode": {"enum": ["Terminate", "Passthrough"]},
+                                "certificateRefs": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["name"],
+                                        "additionalProperties": False,
+                                        "properties": {"name": _STR, "kind": _STR, "group": {"type": "string"}},
+                                    },
+                                },
+                            },
+                        },
+                        "allowedRoutes": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "namespaces": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "properties": {"from": {"enum": ["All", "Same", "Selector"]}},
+                                }
+                            },
+                        },
+                    },
+                    # Gateway API: TLS passthrough needs protocol TLS, termination HTTPS (or TLS).
+                    "allOf": [
+                        {
+                            "if": {
+                                "properties": {
+                                    "tls": {"properties": {"mode": {"const": "Passthrough"}}, "required": ["mode"]}
+                                },
+                                "required": ["tls"],
+                            },
+                            "then": {"properties": {"protocol": {"const": "TLS"}}},
+                        },
+                        {
+                            "if": {"properties": {"protocol": {"const": "HTTPS"}}},
+                            "then": {"required": ["tls"], "properties": {"tls": {"required": ["certificateRefs"]}}},
+                        },
+                    ],
+                },
+            },
+        },
+    },
+)
+
+_RULE = {
+    "type": "object",
+    "required": ["alert", "expr"],
+    "additionalProperties": False,
+    "properties": {
+        "alert": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
+        "expr": _STR,
+        "for": _DURATION,
+        "labels": _LABELS,
+        "annotations": _LABELS,
+    },
+}
+
+PROMETHEUS_RULE = _resource(
+    "monitoring.coreos.com/v1",
+    "PrometheusRule",
+    {
+        "type": "object",
+        "required": ["groups"],
+        "additionalProperties": False,
+        "properties": {
+            "groups": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "rules"],
+                    "additionalProperties": False,
+                    "properties": {"name": _STR, "interval": _DURATION, "rules": {"type": "array", "items": _RULE}},
+                },
+            }
+        },
+    },
+)
+
 CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
     ("postgresql.cnpg.io/v1", "Cluster"): CNPG_CLUSTER,
+    ("postgresql.cnpg.io/v1", "Pooler"): CNPG_POOLER,
+    ("postgresql.cnpg.io/v1", "ScheduledBackup"): CNPG_SCHEDULED_BACKUP,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE,
+    ("gateway.networking.k8s.io/v1", "Gateway"): GATEWAY,
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"): _route("gateway.networking.k8s.io/v1", "GRPCRoute"),
+    ("gateway.networking.k8s.io/v1alpha2", "TLSRoute"): _route("gateway.networking.k8s.io/v1alpha2", "TLSRoute"),
     ("cert-manager.io/v1", "Certificate"): CERTIFICATE,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR,
     ("security.istio.io/v1", "PeerAuthentication"): PEER_AUTHENTICATION,
     ("networking.istio.io/v1", "DestinationRule"): DESTINATION_RULE,
     ("networking.istio.io/v1", "VirtualService"): VIRTUAL_SERVICE,
+    ("networking.istio.io/v1", "Gateway"): ISTIO_GATEWAY,
 }

@@ -20,13 +20,16 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy.conftest import CHART_DIR, ROOT, Render, helm_python, kinds, render_chart, values_file
+from tests.deploy.conftest import CHART_DIR, ROOT, Render, deep_merge, helm_python, kinds, render_chart, values_file
 from tests.deploy.crd_schemas import CRD_SCHEMAS
 
 KUBE_VERSION = kubernetes_validate.latest_version()
 
+# The least a production edge needs on top of the defaults: its batch-signing key.
+EDGE_MINIMUM: dict[str, Any] = {"workloads": {"edge": {"signingKey": {"existingSecret": "edge-signing-key"}}}}
+
 VARIANTS: dict[str, tuple[str | None, dict[str, Any]]] = {
-    "defaults": (None, {}),
+    "defaults": (None, EDGE_MINIMUM),
     "hybrid": ("values-hybrid.yaml", {}),
     "central": ("values-central.yaml", {}),
     "central-istio-linkerd": (
@@ -45,7 +48,11 @@ VARIANTS: dict[str, tuple[str | None, dict[str, Any]]] = {
     ),
     "all-in-one": (
         "values-central.yaml",
-        {"workloads": {"edge": {"enabled": True}}, "deploymentMode": "hybrid"},
+        {
+            "workloads": {"edge": {"enabled": True}, "central": {"enabled": True}},
+            "deploymentMode": "hybrid",
+            "sync": {"auth": {"existingSecret": "aeterna-sync-credentials"}},
+        },
     ),
 }
 
@@ -98,8 +105,10 @@ def test_central_objects(render: Render) -> None:
     deployment = next(d for d in documents if d["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["central", "--config", "/etc/aeterna/config.yaml"]
-    # TLS is on: the kubelet probes the plaintext health-only port.
-    assert container["livenessProbe"]["grpc"] == {"port": 8082}
+    # TLS is on: the kubelet probes the plaintext health-only port; liveness
+    # asks for the aeterna.liveness service, readiness for the whole server ("").
+    assert container["livenessProbe"]["grpc"] == {"port": 8082, "service": "aeterna.liveness"}
+    assert container["startupProbe"]["grpc"] == {"port": 8082, "service": "aeterna.liveness"}
     assert container["readinessProbe"]["grpc"] == {"port": 8082}
     cluster = next(d for d in documents if d["kind"] == "Cluster")
     assert cluster["spec"]["instances"] == 5
@@ -117,7 +126,7 @@ def test_plaintext_central_probes_the_sync_port(render: Render) -> None:
     documents = render("values-central.yaml", {"tls": {"enabled": False}})
     deployment = next(d for d in documents if d["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["livenessProbe"]["grpc"] == {"port": 8081}
+    assert container["livenessProbe"]["grpc"] == {"port": 8081, "service": "aeterna.liveness"}
     assert container["readinessProbe"]["grpc"] == {"port": 8081}
 
 
@@ -131,7 +140,8 @@ def test_edge_objects(render: Render) -> None:
     assert "--maxmemory=1073741824" in sidecar["args"]
     edge = pod["containers"][0]
     assert edge["args"] == ["edge", "--config", "/etc/aeterna/config.yaml"]
-    assert edge["livenessProbe"]["grpc"] == {"port": 50051}
+    assert edge["livenessProbe"]["grpc"] == {"port": 50051, "service": "aeterna.liveness"}
+    assert edge["readinessProbe"]["grpc"] == {"port": 50051}
     mounts = {m["name"]: m["mountPath"] for m in edge["volumeMounts"]}
     assert mounts["data"] == "/var/lib/aeterna/edge"
     assert mounts["sync-credentials"] == "/etc/aeterna/secrets/sync"
@@ -169,7 +179,10 @@ def test_mesh_switches(render: Render) -> None:
 
 @pytest.mark.parametrize("file", ["values.yaml", "values-central.yaml", "values-hybrid.yaml"])
 def test_lint_is_clean(file: str) -> None:
-    report = helm_python.lint(str(CHART_DIR), values_file(file), strict=True, kube_version=f"v{KUBE_VERSION}.0")
+    values = values_file(file)
+    if file == "values.yaml":  # the defaults need the edge's signing key (test_production.py)
+        values = deep_merge(values, EDGE_MINIMUM)
+    report = helm_python.lint(str(CHART_DIR), values, strict=True, kube_version=f"v{KUBE_VERSION}.0")
     assert report["errors"] == []
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
@@ -243,7 +256,7 @@ def test_required_settings_fail_loudly(chart: Any) -> None:
     with pytest.raises(helm_python.HelmRenderError, match="issuer"):
         chart.render(values, name="a", namespace="a")
     with pytest.raises(helm_python.HelmRenderError, match="identity"):
-        chart.render({"workloads": {"edge": {"replicas": 2}}}, name="a", namespace="a")
+        chart.render(deep_merge(EDGE_MINIMUM, {"workloads": {"edge": {"replicas": 2}}}), name="a", namespace="a")
 
 
 # --- generated files are fresh -------------------------------------------------------

@@ -14,9 +14,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -152,16 +150,6 @@ class _Server:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         self.process.wait(30)
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory with a short path: a Unix socket path is limited to about 100 bytes."""
-    directory = Path(tempfile.mkdtemp(prefix="aeterna-ss-"))
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 # --- the tests ----------------------------------------------------------------------
@@ -315,7 +303,7 @@ def test_images_are_pinned(render: Render) -> None:
 
 
 def test_unbounded_session_store_has_no_maxmemory(render: Render) -> None:
-    pod = _edge_pod(render(None, {}))
+    pod = _edge_pod(render(None, {"workloads": {"edge": {"signingKey": {"existingSecret": "edge-signing-key"}}}}))
     args = _container(pod, "session-store")["args"]
     assert _last(args, "--maxmemory") is None
     assert _last(args, "--maxmemory-policy") == ["volatile-lru"]

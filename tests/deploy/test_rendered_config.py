@@ -41,7 +41,7 @@ def _pod_config(documents: list[dict[str, Any]], kind: str, tmp_path: Path) -> t
             assert variable["value"] == "/etc/aeterna/config.yaml"
         elif "value" in variable:
             environ[variable["name"]] = variable["value"]
-        else:  # from a Secret or the downward API: a stand-in value
+        elif variable["name"].startswith("AETERNA_"):  # from a Secret or the downward API: a stand-in value
             environ[variable["name"]] = f"stand-in-for-{variable['name'].lower()}"
     return load_config(path, environ), pod
 
@@ -104,10 +104,19 @@ def test_central_values_reach_the_central_config(render: Render, tmp_path: Path)
     assert _mounted(pod, config.tls.cert_file)
     assert config.telemetry.health_port == 8082
     assert config.telemetry.metrics_port == 8080
-    # The database URL comes from CloudNativePG's app Secret, as an env override.
-    assert config.postgresql.url == "stand-in-for-aeterna_postgresql__url"
+    # The request pool goes through the PgBouncer Pooler (credentials from libpq's
+    # PGUSER/PGPASSWORD, out of CloudNativePG's app Secret); LISTEN/NOTIFY and the
+    # snapshot lock go directly to the -rw service (the app Secret's URI).
+    assert config.postgresql.url == "postgresql://aeterna-pg-pooler.aeterna.svc:5432/aeterna"
     env = {v["name"]: v for v in pod["containers"][0]["env"]}
-    assert env["AETERNA_POSTGRESQL__URL"]["valueFrom"]["secretKeyRef"] == {"name": "aeterna-pg-app", "key": "uri"}
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "aeterna-pg-app", "key": "password"}
+    assert env["AETERNA_POSTGRESQL__DIRECT_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "aeterna-pg-app",
+        "key": "uri",
+    }
+    assert config.postgresql.direct_url == "stand-in-for-aeterna_postgresql__direct_url"
+    # 12 replicas at most: 2 poolers x 20 + 12 x 2 direct = 64 <= 200 - 13 reserved.
+    assert config.postgresql.pool_size == 10
     assert config.sync.auth.api_keys_file == "/etc/aeterna/secrets/api-keys/apiKeys.yaml"
     assert _mounted(pod, config.sync.auth.api_keys_file)
     assert config.sync.signing.keys_file == "/etc/aeterna/secrets/signing-keys/signingKeys.yaml"
@@ -153,13 +162,21 @@ def test_service_account_method_mounts_a_projected_token(render: Render, tmp_pat
 
 
 def test_no_secret_is_rendered_into_a_config_map(render: Render) -> None:
+    oauth2 = {
+        "sync": {"auth": {"method": "oauth2"}},
+        "workloads": {"central": {"secrets": {"jwks": {"existingSecret": "aeterna-central-jwks"}}}},
+    }
     for file in ("values-hybrid.yaml", "values-central.yaml"):
-        for document in render(file, {"sync": {"auth": {"method": "oauth2"}}}):
+        for document in render(file, oauth2):
             if document["kind"] == "ConfigMap":
                 text = document["data"]["config.yaml"]
-                for key in ("apiKey:", "clientSecret:", "clientId:", "key:", "url: postgresql"):
+                for key in ("apiKey:", "clientSecret:", "clientId:", "key:", "url: postgresql", "rateLimitRedisUrl:"):
                     assert key not in text, f"{key} in {document['metadata']['name']}"
-            assert document["kind"] != "Secret"
+            # The only Secret the chart renders holds what it generates itself: the password of
+            # central's rate-limiter Redis (test_ratelimit_redis.py). Credentials come from elsewhere.
+            if document["kind"] == "Secret":
+                assert document["metadata"]["name"].endswith("-ratelimit-redis")
+                assert set(document["data"]) == {"password", "url"}
 
 
 def test_the_spec_secret_examples_match_the_chart(render: Render) -> None:

@@ -99,7 +99,9 @@ def owned_url(directory: Path) -> str:
     argv: list[str] = json.loads((directory / PID_FILE_NAME).read_text())["argv"]
     if "--unixsocket" in argv:
         return "unix://" + argv[argv.index("--unixsocket") + 1]
-    return f"redis://127.0.0.1:{argv[argv.index('--port') + 1]}/0"
+    # The loopback fallback demands the password in its 0600 config file (the first argument).
+    password = Path(argv[1]).read_text().split()[1]
+    return f"redis://:{password}@127.0.0.1:{argv[argv.index('--port') + 1]}/0"
 
 
 def config_get(url: str, setting: str) -> str:

@@ -7,9 +7,7 @@ restart would; the port is picked free at the start of the test.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,22 +26,10 @@ from central_svc.store.embedded_postgres import EmbeddedPostgres
 from tests.edge.conftest import BUNDLE_POLICY, DIMENSION, closed_port, edge_document
 from tests.support.clients import Client, make_session
 from tests.support.services import ServiceFactory, ServiceProcess
+from tests.support.waiting import wait_until
 
 ALLOW_ALICE = 'permit(principal == User::"alice", action == Action::"approve", resource);'
 FORBID_ALL = "forbid(principal, action, resource);"
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], what: str, limit: float = 30.0) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``limit`` seconds (a bound, not a measurement)."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            if await check():
-                return
-        except aio.AioRpcError:
-            pass
-        await asyncio.sleep(0.1)
-    pytest.fail(f"timed out waiting until {what}")
 
 
 def central_document(data_dir: Path, port: int) -> dict[str, Any]:

@@ -6,12 +6,9 @@ Every scenario prints one line ``FAULT <scenario> trials=.. items=.. lost=0 dupl
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import random
 import socket
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,6 @@ import pytest
 from aeterna.edge.v1 import edge_pb2
 from aeterna.memory.v1 import memory_pb2
 from aeterna.sync.v1 import sync_pb2
-from grpc import aio
 
 from tests.support.clients import Client, make_session
 from tests.support.postgres import TEST_VECTOR_DIMENSION
@@ -56,20 +52,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], what: str, limit: float = 60.0) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``limit`` seconds (a bound, not a measurement)."""
-    deadline = time.monotonic() + limit
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            if await check():
-                return
-        except aio.AioRpcError as error:
-            last = error
-        await asyncio.sleep(0.1)
-    pytest.fail(f"timed out after {limit:.0f}s waiting until {what} (last error: {last})")
 
 
 def central_document(database_url: str, data_dir: Path, port: int = 0, **extra: Any) -> dict[str, Any]:

@@ -42,12 +42,12 @@ from tests.fault.support import (
     free_port,
     report,
     trials,
-    wait_until,
 )
 from tests.support.clients import Client
 from tests.support.postgres import TEST_VECTOR_DIMENSION
 from tests.support.redis import answers
 from tests.support.services import ServiceFactory, ServiceProcess
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.ci_slow, pytest.mark.timeout(600)]
 

@@ -44,18 +44,11 @@ from edge_svc.store.cache import RedisCache
 from edge_svc.store.outbox import SqliteOutbox
 from edge_svc.sync import SyncEngine
 from tests.fault.proxy import FaultProxy
-from tests.fault.support import (
-    ALLOW_ALL,
-    Writer,
-    central_document,
-    edge_document,
-    report,
-    trials,
-    wait_until,
-)
+from tests.fault.support import ALLOW_ALL, Writer, central_document, edge_document, report, trials
 from tests.fault.test_crash import Rig, _verify, _write_for
 from tests.support.clients import Client
 from tests.support.services import ServiceFactory
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.ci_slow, pytest.mark.timeout(600)]
 

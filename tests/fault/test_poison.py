@@ -47,10 +47,10 @@ from tests.fault.support import (
     free_port,
     make_vector,
     report,
-    wait_until,
 )
 from tests.support.clients import Client, make_session
 from tests.support.services import ServiceFactory
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.ci_slow, pytest.mark.timeout(300)]
 

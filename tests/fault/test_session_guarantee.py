@@ -33,9 +33,10 @@ from grpc_status import rpc_status
 
 from central_svc.store.embedded_postgres import EmbeddedPostgres
 from tests.fault.proxy import FaultProxy
-from tests.fault.support import ALLOW_ALL, central_document, drained, edge_document, free_port, report, wait_until
+from tests.fault.support import ALLOW_ALL, central_document, drained, edge_document, free_port, report
 from tests.support.clients import Client, make_session
 from tests.support.services import ServiceFactory, ServiceProcess
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.ci_slow, pytest.mark.timeout(300)]
 

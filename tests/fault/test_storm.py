@@ -45,8 +45,9 @@ from edge_svc.records import Ack, Channel, Message, OutboxBatch, SessionRecord
 from edge_svc.store.cache import RedisCache
 from edge_svc.store.outbox import SqliteOutbox
 from edge_svc.sync import SyncEngine
-from tests.fault.support import central_document, edge_document, free_port, report, trials, wait_until
+from tests.fault.support import central_document, edge_document, free_port, report, trials
 from tests.support.services import ServiceFactory
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.ci_slow, pytest.mark.timeout(600)]
 

@@ -21,7 +21,6 @@ import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import grpc
 import prometheus_client
@@ -38,6 +37,7 @@ from hypothesis import strategies as st
 
 from aeterna_security.keys import DEVELOPMENT_KEY
 from aeterna_shared.wire.canonical import sign_batch
+from central_svc.store.urls import psycopg_conninfo
 from tests.fault.support import report, soak
 from tests.fuzz.conftest import Target
 
@@ -224,9 +224,7 @@ def write_horizon(conninfo: str) -> int:
 
 
 def _conninfo(database_url: str) -> str:
-    parts = urlsplit(database_url)
-    host = parts.query.split("host=", 1)[1]
-    return f"host={host} user=postgres dbname={parts.path.lstrip('/')}"
+    return psycopg_conninfo(database_url)
 
 
 # --- calling -----------------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ from central_svc.store.database import Database
 from central_svc.store.urls import psycopg_conninfo
 from edge_svc.deps import open_edge
 from edge_svc.server import create_server as create_edge
-from tests.fault.support import DIMENSION, report, soak, wait_until
+from tests.fault.support import DIMENSION, report, soak
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.ci_slow, pytest.mark.timeout(900)]
 

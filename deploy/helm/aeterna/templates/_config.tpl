@@ -26,6 +26,9 @@ they arrive as mounted files or AETERNA_* env overrides.
 {{- $_ := unset $cfg.tls "certManager" -}}
 {{- if not (hasKey $cfg.sync "auth") -}}{{- $_ := set $cfg.sync "auth" (dict) -}}{{- end -}}
 {{- if not (hasKey $cfg.sync "signing") -}}{{- $_ := set $cfg.sync "signing" (dict) -}}{{- end -}}
+{{- if not (hasKey $cfg "postgresql") -}}{{- $_ := set $cfg "postgresql" (dict) -}}{{- end -}}
+{{- /* Rendered only when asked for: the model's default is false. */ -}}
+{{- if .Values.development -}}{{- $_ := set $cfg "development" true -}}{{- end -}}
 {{- toYaml $cfg -}}
 {{- end -}}
 
@@ -45,8 +48,13 @@ they arrive as mounted files or AETERNA_* env overrides.
 {{- if $w.secrets.apiKeys.existingSecret -}}
 {{- $_ := set $cfg.sync.auth "apiKeysFile" (printf "/etc/aeterna/secrets/api-keys/%s" $w.secrets.apiKeys.key) -}}
 {{- end -}}
-{{- if $w.secrets.signingKeys.existingSecret -}}
+{{- if or $w.secrets.signingKeys.existingSecret (include "aeterna.signingKeysGenerated" .) -}}
 {{- $_ := set $cfg.sync.signing "keysFile" (printf "/etc/aeterna/secrets/signing-keys/%s" $w.secrets.signingKeys.key) -}}
+{{- end -}}
+{{- /* Sized to the connection budget (aeterna.poolSize in _helpers.tpl). */ -}}
+{{- $_ := set $cfg.postgresql "poolSize" (include "aeterna.poolSize" . | int) -}}
+{{- if and (include "aeterna.snapshotVolume" .) (not $cfg.central.snapshotDir) -}}
+{{- $_ := set $cfg.central "snapshotDir" $w.snapshots.mountPath -}}
 {{- end -}}
 {{- if $w.secrets.jwks.existingSecret -}}
 {{- $jwt := $cfg.sync.auth.jwt | default (dict) -}}

@@ -165,3 +165,143 @@ linkerd.io/inject: enabled
 sidecar.istio.io/inject: "true"
 {{- end }}
 {{- end -}}
+
+{{/*
+Where central's database is: "cnpg" (the CloudNativePG cluster below),
+"external" (postgresql.url or workloads.central.secrets.database), or
+"embedded" (none: central starts PostgreSQL inside its own pod).
+*/}}
+{{- define "aeterna.databaseMode" -}}
+{{- if .Values.postgresql.cloudnativepg.enabled -}}cnpg
+{{- else if or .Values.postgresql.url .Values.workloads.central.secrets.database.existingSecret -}}external
+{{- else -}}embedded
+{{- end -}}
+{{- end -}}
+
+{{- define "aeterna.poolerEnabled" -}}
+{{- if and .Values.postgresql.cloudnativepg.enabled .Values.postgresql.cloudnativepg.pooler.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{- define "aeterna.cnpgPooler" -}}
+{{- include "aeterna.componentName" (list . "pg-pooler") -}}
+{{- end -}}
+
+{{/* The most central pods that can run at once (what connection budgets are sized for). */}}
+{{- define "aeterna.centralMaxReplicas" -}}
+{{- $w := .Values.workloads.central -}}
+{{- if $w.autoscaling.enabled -}}{{ $w.autoscaling.maxReplicas | int }}{{- else -}}{{ $w.replicas | int }}{{- end -}}
+{{- end -}}
+
+{{/*
+postgresql.poolSize as rendered into central's config, checked against the
+connection budget of the CloudNativePG cluster (see values.yaml,
+postgresql.cloudnativepg.connectionBudget, and docs/deploy.md). Each central
+replica holds poolSize request connections plus 2 session-bound ones: the
+policy LISTEN connection and the snapshot advisory-lock connection.
+Unset poolSize: 10 (the model's default), lowered to what fits without a pooler.
+*/}}
+{{- define "aeterna.poolSize" -}}
+{{- $explicit := .Values.postgresql.poolSize -}}
+{{- $replicas := include "aeterna.centralMaxReplicas" . | int -}}
+{{- if ne (include "aeterna.databaseMode" .) "cnpg" -}}
+{{- $explicit | default 10 | int -}}
+{{- else -}}
+{{- $cnpg := .Values.postgresql.cloudnativepg -}}
+{{- $params := (($cnpg.cluster).postgresql).parameters | default (dict) -}}
+{{- $max := get $params "max_connections" | default 100 | int -}}
+{{- $reserved := add (get $params "superuser_reserved_connections" | default 3 | int) ($cnpg.connectionBudget.reserved | int) -}}
+{{- $available := sub $max $reserved | int -}}
+{{- $budget := printf "postgresql.cloudnativepg.cluster.postgresql.parameters.max_connections (%d, minus %d reserved)" $max $reserved -}}
+{{- if include "aeterna.poolerEnabled" . -}}
+{{- $p := $cnpg.pooler -}}
+{{- $server := add (mul ($p.instances | int) ($p.defaultPoolSize | int)) (mul $replicas 2) | int -}}
+{{- if gt $server $available -}}
+{{- fail (printf "connection budget: pooler.instances x pooler.defaultPoolSize + %d central replicas x 2 direct (LISTEN + snapshot lock) = %d connections exceed %s; raise max_connections or lower postgresql.cloudnativepg.pooler.defaultPoolSize" $replicas $server $budget) -}}
+{{- end -}}
+{{- $size := $explicit | default 10 | int -}}
+{{- if gt (mul $replicas $size) ($p.maxClientConn | int) -}}
+{{- fail (printf "connection budget: %d central replicas x postgresql.poolSize %d exceed postgresql.cloudnativepg.pooler.maxClientConn (%d); lower postgresql.poolSize or raise maxClientConn" $replicas $size ($p.maxClientConn | int)) -}}
+{{- end -}}
+{{- $size -}}
+{{- else -}}
+{{- $fit := sub (div $available $replicas) 2 | int -}}
+{{- $size := $explicit | default (min 10 $fit) | int -}}
+{{- if lt $size 1 -}}{{- $size = 1 -}}{{- end -}}
+{{- $total := mul $replicas (add $size 2) | int -}}
+{{- if gt $total $available -}}
+{{- fail (printf "connection budget: %d central replicas x (postgresql.poolSize %d + 1 LISTEN + 1 snapshot lock) = %d connections exceed %s; lower postgresql.poolSize or workloads.central.autoscaling.maxReplicas, raise max_connections, or enable postgresql.cloudnativepg.pooler" $replicas $size $total $budget) -}}
+{{- end -}}
+{{- $size -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether the production checks apply (everything but development: true). */}}
+{{- define "aeterna.production" -}}
+{{- if not .Values.development -}}true{{- end -}}
+{{- end -}}
+
+{{- define "aeterna.signingKeysSecret" -}}
+{{- include "aeterna.componentName" (list . "signing-keys") -}}
+{{- end -}}
+
+{{/* Generated signing keys are in use (central enabled, no existingSecret, generate on). */}}
+{{- define "aeterna.signingKeysGenerated" -}}
+{{- $s := .Values.workloads.central.secrets.signingKeys -}}
+{{- if and (include "aeterna.centralEnabled" .) (not $s.existingSecret) $s.generate.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* The agent ids the chart generates signing keys for. */}}
+{{- define "aeterna.signingKeysAgents" -}}
+{{- $agents := .Values.workloads.central.secrets.signingKeys.generate.agents | default (list) -}}
+{{- if and (include "aeterna.edgeEnabled" .) (not .Values.workloads.edge.agentIdFromPodName) -}}
+{{- $agents = append $agents ((.Values.edge).agentId | default "edge-agent-1") -}}
+{{- end -}}
+{{- toJson (uniq $agents) -}}
+{{- end -}}
+
+{{/* The PeerAuthentication mode of central's gRPC port (mesh.istio.grpcPortMtls). */}}
+{{- define "aeterna.grpcPortMtls" -}}
+{{- $mode := .Values.mesh.istio.grpcPortMtls -}}
+{{- if eq $mode "auto" -}}
+{{- if or .Values.gateway.enabled (has .Values.workloads.central.service.type (list "LoadBalancer" "NodePort")) -}}PERMISSIVE{{- else -}}STRICT{{- end -}}
+{{- else if has $mode (list "STRICT" "PERMISSIVE") -}}
+{{- $mode -}}
+{{- else -}}
+{{- fail (printf "mesh.istio.grpcPortMtls: %q is none of auto, STRICT, PERMISSIVE" $mode) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Central's snapshots have a volume of their own (a claim or a volume source). */}}
+{{- define "aeterna.snapshotVolume" -}}
+{{- $s := .Values.workloads.central.snapshots -}}
+{{- if or $s.persistence.enabled $s.volume -}}true{{- end -}}
+{{- end -}}
+
+{{- define "aeterna.snapshotClaim" -}}
+{{- .Values.workloads.central.snapshots.persistence.existingClaim | default (include "aeterna.componentName" (list . "central-snapshots")) -}}
+{{- end -}}
+
+{{/*
+Central's shared rate limiter (workloads.central.rateLimitRedis): "true" when
+the chart renders it. auto renders it when central can run more than one
+replica and no shared limiter is configured (sync.rateLimitRedisUrl, or
+rateLimitRedis.external.existingSecret).
+*/}}
+{{- define "aeterna.rateLimitRedis" -}}
+{{- $r := .Values.workloads.central.rateLimitRedis -}}
+{{- $configured := or (.Values.sync).rateLimitRedisUrl $r.external.existingSecret -}}
+{{- if include "aeterna.centralEnabled" . -}}
+{{- if kindIs "bool" $r.enabled -}}
+{{- if $r.enabled -}}true{{- end -}}
+{{- else if eq (toString $r.enabled) "auto" -}}
+{{- if and (gt (include "aeterna.centralMaxReplicas" . | int) 1) (not $configured) -}}true{{- end -}}
+{{- else -}}
+{{- fail (printf "workloads.central.rateLimitRedis.enabled: %v is none of auto, true, false" $r.enabled) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "aeterna.rateLimitRedisName" -}}
+{{- include "aeterna.componentName" (list . "ratelimit-redis") -}}
+{{- end -}}
