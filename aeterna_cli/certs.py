@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from aeterna_cli.output import add_json, print_json
 from aeterna_security.certs import Issued, create_ca, create_client_cert, create_server_cert
 from aeterna_security.pins import pins_of_pem_chain
 
@@ -35,6 +36,9 @@ def _init_ca(args: argparse.Namespace) -> int:
         return 1
     ca = create_ca(args.name)
     cert, key = ca.write(directory, CA_STEM)
+    if args.json:
+        print_json({"certificate": str(cert), "key": str(key), "pin": ca.pin})
+        return 0
     print(f"CA certificate: {cert}\nCA key:         {key} (keep it secret)\npin: {ca.pin}")
     return 0
 
@@ -43,6 +47,9 @@ def _server(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
     issued = create_server_cert(_load_ca(directory), args.host or ["localhost", "127.0.0.1"])
     cert, key = issued.write(directory, args.name)
+    if args.json:
+        print_json({"certificate": str(cert), "key": str(key), "pin": issued.pin})
+        return 0
     print(f"server certificate: {cert}\nserver key:         {key}")
     print("sync.network.pinnedCertificates:")
     print(f'  - "{issued.pin}"')
@@ -53,6 +60,9 @@ def _edge(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
     issued = create_client_cert(_load_ca(directory), args.agent_id, tenant_id=args.tenant)
     cert, key = issued.write(directory, args.name or args.agent_id)
+    if args.json:
+        print_json({"certificate": str(cert), "key": str(key), "pin": issued.pin, "agentId": args.agent_id})
+        return 0
     print(f"edge certificate: {cert}\nedge key:         {key}")
     print("tls.clientPins:")
     print(f'  {args.agent_id}: ["{issued.pin}"]')
@@ -60,8 +70,12 @@ def _edge(args: argparse.Namespace) -> int:
 
 
 def _pin(args: argparse.Namespace) -> int:
-    for path in args.files:
-        for pin in pins_of_pem_chain(Path(path).read_bytes()):
+    pins = {path: pins_of_pem_chain(Path(path).read_bytes()) for path in args.files}
+    if args.json:
+        print_json({"pins": [{"file": path, "pin": pin} for path, found in pins.items() for pin in found]})
+        return 0
+    for path, found in pins.items():
+        for pin in found:
             print(f"{path}: {pin}")
     return 0
 
@@ -75,12 +89,14 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     init_ca.add_argument("--dir", default="certs", help="output directory (default: certs)")
     init_ca.add_argument("--name", default="Aeterna Development CA", help="CA common name")
     init_ca.add_argument("--force", action="store_true", help="replace an existing CA")
+    add_json(init_ca)
     init_ca.set_defaults(handler=_init_ca)
 
     server = commands.add_parser("server", help="issue central's server certificate and print its pin")
     server.add_argument("--dir", default="certs", help="directory holding the CA (default: certs)")
     server.add_argument("--host", action="append", help="DNS name or IP (repeatable; default localhost, 127.0.0.1)")
     server.add_argument("--name", default="server", help="file stem (default: server)")
+    add_json(server)
     server.set_defaults(handler=_server)
 
     edge = commands.add_parser("edge", help="issue an edge client certificate (CN=agent id, OU=tenant)")
@@ -88,8 +104,10 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     edge.add_argument("--agent-id", required=True, help="the edge's agent id")
     edge.add_argument("--tenant", default="default", help="tenant (default: default)")
     edge.add_argument("--name", help="file stem (default: the agent id)")
+    add_json(edge)
     edge.set_defaults(handler=_edge)
 
     pin = commands.add_parser("pin", help="print the SPKI pin of each certificate in PEM files")
     pin.add_argument("files", nargs="+", metavar="FILE")
+    add_json(pin)
     pin.set_defaults(handler=_pin)

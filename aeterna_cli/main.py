@@ -8,16 +8,22 @@ any service's wiring.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from aeterna_cli import certs as certs_cli
+from aeterna_cli import health as health_cli
 from aeterna_cli import operators as operators_cli
 from aeterna_cli import status as status_cli
+from aeterna_shared.config.loader import ConfigError
 from central_svc import cli as central_cli
 from edge_svc import cli as edge_cli
 
 Command = Callable[[argparse.Namespace], int]
+
+EXIT_USAGE = 2
+"""Exit status of a command refused on its configuration (bad key or value, wrong deploymentMode)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     edge_cli.add_commands(subparsers)
     status_cli.add_commands(subparsers)
     certs_cli.add_commands(subparsers)
+    health_cli.add_commands(subparsers)
     _add_optional(subparsers, "aeterna_cli.demo")
     _add_optional(subparsers, "bench.cli")
     return parser
@@ -57,8 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Command = args.handler
+    # Every --config defaults to $AETERNA_CONFIG (the Docker image sets /etc/aeterna/config.yaml).
+    if getattr(args, "config", "") is None:
+        args.config = os.environ.get("AETERNA_CONFIG") or None
     try:
         return handler(args)
+    except ConfigError as error:  # the README's message: the file, then one line per bad key; no traceback
+        print(error.message, file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 

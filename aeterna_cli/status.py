@@ -2,15 +2,19 @@
 
 The command asks the target for the edge status first; a central answers that
 with UNIMPLEMENTED, and is then asked for its own view (edge registry, policy
-version, pending reviews). So one command works against either process.
+version, pending reviews). So one command works against either process. It
+connects like every other command (``aeterna_cli.connection``: TLS, client
+certificate, pins, API key or token, or the ``--config`` of the process).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
+
+from aeterna_cli.connection import EXIT_FAILED, EXIT_USAGE, UsageError, add_connection_options
+from aeterna_cli.output import add_json, print_json
 
 
 def render_status(status: dict[str, Any]) -> str:
@@ -64,14 +68,22 @@ def render_central(status: dict[str, Any]) -> str:
 
 def _show(args: argparse.Namespace) -> int:
     from aeterna_cli.api.clients import StatusUnavailable, status_of  # noqa: PLC0415 - keeps `aeterna --help` fast
+    from aeterna_cli.connection import describe, resolve  # noqa: PLC0415
 
     try:
-        status = status_of(args.target, args.timeout)
+        connection = resolve(args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        status = status_of(connection.target, connection.settings)
     except StatusUnavailable as error:
-        print(f"cannot get the status of {args.target}: {error}", file=sys.stderr)
-        return 1
-    text = render_status(status) if status["role"] == "edge" else render_central(status)
-    print(json.dumps(status, indent=2) if args.json else text)
+        print(f"cannot get the status of {connection.target}: {describe(error.error, connection)}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print_json(status)
+        return 0
+    print(render_status(status) if status["role"] == "edge" else render_central(status))
     return 0
 
 
@@ -86,7 +98,6 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
             "pending manual reviews and every registered edge with its state."
         ),
     )
-    parser.add_argument("--target", default="127.0.0.1:50051", help="host:port of an edge or central (%(default)s)")
-    parser.add_argument("--timeout", type=float, default=5.0, help="deadline in seconds (default %(default)s)")
-    parser.add_argument("--json", action="store_true", help="print the status as JSON")
+    add_json(parser)
+    add_connection_options(parser, peer="self", timeout=5.0)
     parser.set_defaults(handler=_show)

@@ -1,4 +1,4 @@
-"""The one client channel: TLS, SPKI pins, credentials, compression, deadlines and tracing.
+"""The one client channel: TLS, SPKI pins, credentials, compression, retries, deadlines and tracing.
 
 ``open_channel(target, settings)`` is how every client reaches an Aeterna
 service: the edge (to central, with ``central_settings(config)``), the
@@ -16,7 +16,34 @@ The channel's client interceptors (first is outermost):
    checks the server's certificate against the SPKI pins; adds the credential
    metadata; sets a default deadline when the caller set none
    (``unary_timeout`` for unary responses, ``stream_timeout`` for streamed
-   responses, so a policy watch is not cut every 30 seconds).
+   responses, so a policy watch is not cut every 30 seconds) unless the
+   service config gives the method a timeout.
+
+The channel loads the published service config
+(``aeterna_client/service_config.json``, see ``aeterna_client.service_config``;
+``ClientSettings.service_config``): gRPC retries the idempotent methods on
+UNAVAILABLE (at most 4 attempts, throttled per channel so a dead server is not
+stormed) and caps some methods with a timeout. Retries happen inside gRPC, below
+the interceptors: the tracing span and the credentials cover all attempts of a
+call, and the server sees ``grpc-previous-rpc-attempts`` on a retry. A pinned
+channel takes the config's timeouts but not its retry policies: a retry may go
+out on a connection gRPC made after the failed attempt, which no pin probe
+preceded, and a server whose certificate matches no pin must never receive a
+request (gRPC's transparent retries of calls that never left the client stay,
+as on every channel).
+
+The deadline of a call, in order:
+
+1. the caller's own ``timeout``, if it passed one; gRPC cuts it to the
+   method's service-config timeout when that is shorter;
+2. else the method's service-config timeout, if it has one (the interceptor
+   then sets none of its own, so the config's timeout is the effective one);
+3. else ``unary_timeout`` / ``stream_timeout``.
+
+The config gives no timeout to streams, ``FlushSync`` and the methods the edge
+calls on central, so the edge's ``sync.centralServer.timeout`` and
+``healthCheck.timeout`` remain the deadlines of its calls. Without the service
+config (``service_config=False``), rule 2 disappears.
 
 Errors raised before the call is sent (pin mismatch, credentials unavailable)
 surface as ``grpc.aio.AioRpcError`` carrying the same ``google.rpc.Status``
@@ -29,7 +56,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +66,7 @@ from cryptography import x509
 from grpc import aio
 
 from aeterna_client.credentials import CredentialSource, credential_source
+from aeterna_client.service_config import method_timeouts, service_config_json
 from aeterna_security.pins import fetch_peer_chain, require_pin
 from aeterna_security.tls import channel_credentials, minimum_tls_version
 from aeterna_server.server import compression_of
@@ -92,6 +120,8 @@ class ClientSettings:
     """Send and receive limit; None: gRPC's defaults."""
     tracing: bool = False
     """A CLIENT span per call, ``traceparent`` injected."""
+    service_config: bool = True
+    """Load the published service config (retries of idempotent methods, per-method timeouts)."""
 
     @classmethod
     def from_config(
@@ -220,10 +250,14 @@ class CallInterceptor:
         unary_timeout: float,
         stream_timeout: float,
         pins: PinVerifier | None = None,
+        configured_timeouts: Collection[str] = (),
     ) -> None:
+        """``configured_timeouts``: the methods (``/package.Service/Method``, or ``/package.Service/``
+        for a whole service) whose timeout the channel's service config sets; they get no default here."""
         self._credentials = credentials
         self._unary_timeout = unary_timeout
         self._stream_timeout = stream_timeout
+        self._configured = frozenset(configured_timeouts)
         self._pins = pins
         self.channel: aio.Channel | None = None
         """Set by ``open_channel`` so the pin check can see the connection state."""
@@ -242,9 +276,16 @@ class CallInterceptor:
             if key not in present:
                 metadata.add(key, value)
         timeout = details.timeout
-        if timeout is None:
+        if timeout is None and not self._configured_timeout(details.method):
             timeout = self._stream_timeout if streaming_response else self._unary_timeout
         return aio.ClientCallDetails(details.method, timeout, metadata, details.credentials, details.wait_for_ready)
+
+    def _configured_timeout(self, method: str | bytes) -> bool:
+        """Whether the service config gives ``method`` a timeout (rule 2 of the module docstring)."""
+        if not self._configured:
+            return False
+        path = method.decode() if isinstance(method, bytes) else method
+        return path in self._configured or path[: path.rfind("/") + 1] in self._configured
 
     def for_channel(self) -> list[aio.ClientInterceptor]:
         """One interceptor per RPC shape."""
@@ -298,7 +339,8 @@ def open_channel(
     Nothing is sent before the first call; with pins, the first call (and any
     call made while the channel is not connected) first checks them, so a server
     whose certificate matches no pin never receives a request. ``credentials``
-    replaces the settings' credential source; ``options`` adds channel options.
+    replaces the settings' credential source; ``options`` adds channel options
+    (a ``grpc.service_config`` among them replaces the published one).
     """
     channel_options: list[tuple[str, Any]] = []
     if settings.max_message_bytes is not None:
@@ -315,6 +357,10 @@ def open_channel(
     ]
     if settings.tls and settings.server_name:
         channel_options.append(("grpc.ssl_target_name_override", settings.server_name))
+    service_config = next((str(value) for key, value in options if key == "grpc.service_config"), None)
+    if service_config is None and settings.service_config:
+        service_config = service_config_json(retries=not settings.pinned)
+        channel_options.append(("grpc.service_config", service_config))
     channel_options += options
     compression = compression_of(settings.compression)
     telemetry = telemetry or Telemetry()
@@ -323,6 +369,7 @@ def open_channel(
         unary_timeout=settings.unary_timeout,
         stream_timeout=settings.stream_timeout,
         pins=PinVerifier.for_target(target, settings),
+        configured_timeouts=method_timeouts(service_config) if service_config is not None else (),
     )
     interceptors: list[aio.ClientInterceptor] = []
     if settings.tracing:

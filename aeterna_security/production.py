@@ -72,3 +72,21 @@ def refusal(config: AeternaConfig, role: Role) -> str | None:
         "For a local setup, the demo or tests, ask for development mode explicitly: --development on the "
         "command line or development: true in the configuration (env AETERNA_DEVELOPMENT=true)."
     )
+
+
+def role_refusal(config: AeternaConfig, role: Role, source: str | None) -> str | None:
+    """The message a process of ``role`` refuses a configuration written for the other role with, or None.
+
+    ``deploymentMode: edge`` is refused by central and ``central`` by an edge;
+    ``hybrid`` (the default) is accepted by both. ``source`` is the config file
+    (None: defaults and environment only).
+    """
+    if config.deployment_mode in (role, "hybrid"):
+        return None
+    where = source if source else "the configuration (AETERNA_DEPLOYMENT_MODE)"
+    return (
+        f"error: {where} has deploymentMode: {config.deployment_mode}, which is not for {role}: "
+        f"'aeterna {role}' runs only with deploymentMode {role} or hybrid. "
+        f"Start it with 'aeterna {config.deployment_mode} --config {source or '...'}', "
+        f"or pass {role}'s configuration."
+    )

@@ -1,7 +1,7 @@
 """Building a grpc.aio server the same way for central and edge.
 
 Both services get gzip (unless configured off), the standard health service,
-server reflection (v1alpha, which grpcurl and ``buf curl`` understand, with method lookups), a
+server reflection (v1 and v1alpha, with method lookups: ``aeterna_server.reflection``), a
 bounded receive size, and the interceptor chain in the order given (the first
 is outermost).
 

@@ -1,12 +1,14 @@
 """Central figures: session sync (gRPC ingest and edge Redis -> central) and decision replay.
 
 * ``session_sync``: sessions/s through ``SyncSessions`` (signed batches of 100
-  on one stream, in-process central on a real PostgreSQL), and sessions/s of a
-  whole edge flush (edge Redis -> SQLite outbox -> gRPC -> central upsert),
-  each next to the raw PostgreSQL upsert of the same number of rows with the
-  very statement central uses (psycopg, no gRPC, no validation). Goal >= 0.60.
+  on one stream, in-process central on a real PostgreSQL; goal >= 0.80), and
+  sessions/s of a whole edge flush (edge Redis -> SQLite outbox -> gRPC ->
+  central upsert; goal >= 0.60), each next to the fastest raw PostgreSQL write
+  of the same rows into ``session_memory`` (``bench.raw_pg``: COPY + merge,
+  unnest, executemany; all three are printed, no gRPC, no validation).
 * ``replay``: decisions/s through ``ReplayDecisions`` for queued decisions
-  with 10 % conflicts (goal >= 5,000/s), next to the raw decision insert rate.
+  with 10 % conflicts, batches of 1,000, next to the fastest raw insert of the
+  same decisions into the ``decisions`` log (goal >= 0.50).
 
 Client and server share one process (and the machine's 2 cores), so the gRPC
 figures also pay for the client's CPU: the ratios are lower bounds.
@@ -33,12 +35,12 @@ from aeterna_client.channel import ClientSettings, open_channel
 from aeterna_security.keys import DEVELOPMENT_KEY
 from aeterna_shared.config import AeternaConfig
 from aeterna_shared.wire.canonical import session_checksum, sign_batch
+from bench import raw_pg
 from bench.suite import Env, Figure, Sample, human
 from central_svc.deps import CentralDeps, build_deps
 from central_svc.server import create_server
 from central_svc.store.database import Database
 from central_svc.store.migrate import upgrade
-from central_svc.store.sessions import UPSERT
 from central_svc.store.urls import psycopg_conninfo
 from edge_svc.deps import open_edge
 from edge_svc.records import Message, SessionRecord
@@ -147,9 +149,9 @@ async def count_rows(url: str, agent: str) -> int:
     return int(row[0]) if row else 0
 
 
-async def raw_upsert(url: str, sessions: list[memory_pb2.Session], batch: int = BATCH) -> float:
-    """Rows/s of central's own upsert statement straight through psycopg, one transaction per batch."""
-    rows = [
+def session_rows(sessions: list[memory_pb2.Session]) -> list[raw_pg.Row]:
+    """The rows central stores for these sessions, for the raw limits."""
+    return [
         (
             s.session_id,
             s.user_id,
@@ -159,26 +161,11 @@ async def raw_upsert(url: str, sessions: list[memory_pb2.Session], batch: int = 
         )
         for s in sessions
     ]
-    async with await psycopg.AsyncConnection.connect(psycopg_conninfo(url), autocommit=True) as connection:
-        started = time.perf_counter()
-        for offset in range(0, len(rows), batch):
-            chunk = rows[offset : offset + batch]
-            async with connection.transaction():
-                await connection.execute(
-                    UPSERT,
-                    {
-                        "tenant": "default",
-                        "agent": AGENT,
-                        "ids": [r[0] for r in chunk],
-                        "users": [r[1] for r in chunk],
-                        "data": [r[2] for r in chunk],
-                        "times": [r[3] for r in chunk],
-                        "sums": [r[4] for r in chunk],
-                    },
-                )
-        elapsed = time.perf_counter() - started
-        await connection.execute("TRUNCATE session_memory")
-    return len(rows) / elapsed
+
+
+def limit_extra(rates: dict[str, float]) -> dict[str, float]:
+    """Each raw method's rate, for the RATIO line and the README table."""
+    return {f"raw_{name}": rates[name] for name in raw_pg.METHODS}
 
 
 async def grpc_ingest(target: str, sessions: list[memory_pb2.Session], batch: int = BATCH) -> float:
@@ -259,19 +246,22 @@ async def edge_flush(env: Env, url: str, target: str, count: int) -> float:
 
 async def measure_session_sync(env: Env, size: int) -> list[Sample]:
     sessions = make_sessions(size)
+    rows = session_rows(sessions)
     async with central(env) as server:
         await truncate(server.url, "session_memory")
-        raw = await raw_upsert(server.url, sessions)
+        limits = await raw_pg.session_limits(server.url, AGENT, rows, BATCH)
         ingest = await grpc_ingest(server.target, sessions)
         await truncate(server.url, "session_memory")
-        raw_again = await raw_upsert(server.url, sessions)
+        limits_again = await raw_pg.session_limits(server.url, AGENT, rows, BATCH)
         flush = await edge_flush(env, server.url, server.target, size)
         await truncate(server.url, "session_memory")
+    _, raw = raw_pg.fastest(limits)
+    _, raw_again = raw_pg.fastest(limits_again)
     return [
-        Sample("central SyncSessions", ingest, "sessions/s", "raw PG upsert", raw, ingest / raw, ">= 0.60",
-               ingest / raw >= 0.6),
-        Sample("edge Redis->central flush", flush, "sessions/s", "raw PG upsert", raw_again, flush / raw_again,
-               ">= 0.60", flush / raw_again >= 0.6),
+        Sample("central SyncSessions", ingest, "sessions/s", "fastest raw PG", raw, ingest / raw, ">= 0.80",
+               ingest / raw >= 0.8, extra=limit_extra(limits)),
+        Sample("edge Redis->central flush", flush, "sessions/s", "fastest raw PG", raw_again, flush / raw_again,
+               ">= 0.60", flush / raw_again >= 0.6, extra=limit_extra(limits_again)),
     ]  # fmt: skip
 
 
@@ -287,7 +277,11 @@ def decision(decision_id: str, resource: str, at: datetime) -> decision_pb2.Deci
 
 
 async def replay(target: str, count: int, conflict_share: float, batch: int = 1000) -> tuple[float, dict[str, int]]:
-    """Decisions/s through ReplayDecisions; ``conflict_share`` of them meet a later central decision."""
+    """Decisions/s through ReplayDecisions; ``conflict_share`` of them meet a later central decision.
+
+    The requests are built and signed before the clock starts (an edge does
+    that on its own machine), as ``grpc_ingest`` does for sessions.
+    """
     base = datetime.now(UTC) - timedelta(hours=1)
     run = uuid.uuid4().hex[:8]
     seeded = int(count * conflict_share)
@@ -296,10 +290,14 @@ async def replay(target: str, count: int, conflict_share: float, batch: int = 10
         stub = sync_pb2_grpc.SyncServiceStub(channel)
         sequences: dict[str, int] = {}
 
-        async def send(decisions: list[decision_pb2.Decision], who: str) -> sync_pb2.ReplayDecisionsResponse:
+        def signed(decisions: list[decision_pb2.Decision], who: str) -> sync_pb2.ReplayDecisionsRequest:
             sequences[who] = sequences.get(who, 0) + 1
             request = sync_pb2.ReplayDecisionsRequest(header=header(sequences[who], who), decisions=decisions)
             sign_batch(request, DEVELOPMENT_KEY)
+            return request
+
+        async def send(request: sync_pb2.ReplayDecisionsRequest) -> sync_pb2.ReplayDecisionsResponse:
+            who = request.header.agent_id
             metadata = (("x-aeterna-agent-id", who), ("x-aeterna-tenant-id", "default"))
             response: sync_pb2.ReplayDecisionsResponse = await stub.ReplayDecisions(request, metadata=metadata)
             return response
@@ -307,12 +305,13 @@ async def replay(target: str, count: int, conflict_share: float, batch: int = 10
         # Later decisions already at central on a share of the resources (not timed).
         later = [decision(f"c-{run}-{n}", f"res-{run}-{n}", base + timedelta(minutes=30)) for n in range(seeded)]
         for offset in range(0, len(later), batch):
-            await send(later[offset : offset + batch], f"online-{run}")
+            await send(signed(later[offset : offset + batch], f"online-{run}"))
         replayed = [decision(f"e-{run}-{n}", f"res-{run}-{n}", base) for n in range(count)]
+        requests = [signed(replayed[offset : offset + batch], agent) for offset in range(0, count, batch)]
         outcomes: dict[str, int] = {}
         started = time.perf_counter()
-        for offset in range(0, count, batch):
-            response = await send(replayed[offset : offset + batch], agent)
+        for request in requests:
+            response = await send(request)
             for result in response.results:
                 name = sync_pb2.ReplayOutcome.Name(result.outcome)
                 outcomes[name] = outcomes.get(name, 0) + 1
@@ -320,34 +319,29 @@ async def replay(target: str, count: int, conflict_share: float, batch: int = 10
     return count / elapsed, outcomes
 
 
-async def raw_decision_insert(url: str, count: int) -> float:
-    """Rows/s of a plain multi-row insert of decision-sized rows into a scratch table (the storage limit)."""
-    async with await psycopg.AsyncConnection.connect(psycopg_conninfo(url), autocommit=True) as connection:
-        await connection.execute(
-            "CREATE TEMP TABLE bench_decisions (id text primary key, resource text, principal text, "
-            "action text, effect int, decided timestamptz, body jsonb)"
-        )
-        now = datetime.now(UTC)
-        rows = [(f"d{n}", f"r{n}", 'User::"u"', 'Action::"a"', 1, now, '{"context":{}}') for n in range(count)]
-        started = time.perf_counter()
-        for offset in range(0, count, 1000):
-            async with connection.transaction(), connection.cursor() as cursor:
-                await cursor.executemany(
-                    "INSERT INTO bench_decisions VALUES (%s, %s, %s, %s, %s, %s, %s)", rows[offset : offset + 1000]
-                )
-        elapsed = time.perf_counter() - started
-        await connection.execute("DROP TABLE bench_decisions")
-    return count / elapsed
+def decision_rows(count: int, conflict_share: float) -> list[raw_pg.Row]:
+    """Rows central stores for a replay like ``replay``'s: same encoding size, the same share superseded."""
+    base = datetime.now(UTC) - timedelta(hours=1)
+    run = uuid.uuid4().hex[:8]
+    superseded = int(count * conflict_share)
+    rows = []
+    for n in range(count):
+        item = decision(f"e-{run}-{n}", f"res-{run}-{n}", base)
+        item.agent_id = f"{AGENT}-{run}"  # central stores the decision with the deciding agent set
+        status = "superseded" if n < superseded else "effective"
+        rows.append(raw_pg.decision_row(item.decision_id, item.resource, base, status, item.SerializeToString()))
+    return rows
 
 
 async def measure_replay(env: Env, size: int) -> list[Sample]:
     async with central(env) as server:
-        raw = await raw_decision_insert(server.url, size)
+        limits = await raw_pg.decision_limits(server.url, AGENT, decision_rows(size, 0.10), 1000)
         rate, outcomes = await replay(server.target, size, 0.10)
+    _, raw = raw_pg.fastest(limits)
     conflicts = sum(v for k, v in outcomes.items() if k != "REPLAY_OUTCOME_APPLIED")
     return [
-        Sample("ReplayDecisions (10% conflicts)", rate, "decisions/s", "raw PG insert", raw, rate / raw,
-               ">= 5,000/s", rate >= 5000, extra={"non_applied": float(conflicts)}),
+        Sample("ReplayDecisions (10% conflicts)", rate, "decisions/s", "fastest raw PG", raw, rate / raw,
+               ">= 0.50", rate / raw >= 0.5, extra={"non_applied": float(conflicts), **limit_extra(limits)}),
     ]  # fmt: skip
 
 
@@ -360,23 +354,28 @@ SIZES: dict[str, tuple[int, ...]] = {
 FIGURES = [
     Figure(
         "session_sync",
-        "session sync: central SyncSessions and a whole edge flush, vs raw PostgreSQL upsert of the same rows",
+        "session sync: central SyncSessions and a whole edge flush, vs the fastest raw PG write of the same rows",
         measure_session_sync,
         SIZES,
         lambda n: f"{human(n)} sess",
-        goal_note="see docs/performance.md (session sync). Central ingest alone reaches 0.5-0.6 of the raw "
-        "upsert here (0.93 in a run without other load): per batch it verifies the HMAC and every session's "
-        "checksum and converts protobuf to rows in Python while client, server and PostgreSQL share 2 cores; "
-        "several batches in flight per stream and checksum checks in a worker thread would close the gap. The "
-        "whole edge flush also pays Redis reads, a JSON outbox round trip through SQLite and protobuf "
-        "conversion; fix by pipelining collect and drain.",
+        goal_note="see docs/performance.md (session sync). The limit is the fastest raw write of the same rows "
+        "(an unnest upsert with binary parameters, 100 rows in ~2-3 ms here). Per batch, central's one process "
+        "spends about twice that in GIL-held Python (per-item limits checks, record translation and checksums, "
+        "psycopg's array dumping; the in-process bench client too), and its database part (ledger row, "
+        "checkpoint, edge registry, incarnation, items, commit: three round trips) costs ~1.6x the raw upsert. "
+        "Next step: the per-item checks and encoding out of the event-loop process (worker processes, or one "
+        "compiled pass over the wire bytes). The whole edge flush also pays Redis reads, a JSON outbox round "
+        "trip through SQLite and protobuf conversion.",
     ),
     Figure(
         "replay",
-        "replay at central: 10% conflicts, batches of 1,000",
+        "replay at central: 10% conflicts, batches of 1,000, vs the fastest raw insert of the same decisions",
         measure_replay,
         {"smoke": (200, 500, 1000), "quick": (1000, 5000, 10_000), "full": (1000, 10_000, 100_000)},
         lambda n: f"{human(n)} dec",
-        goal_note="see docs/performance.md (replay).",
+        goal_note="see docs/performance.md (replay). The limit inserts 1,000 rows in ~15 ms; central's Python "
+        "work per decision (translation, limits checks, the verdict, the stored ack and the response) is about "
+        "as long again as the insert, and a unary call cannot overlap it with the database. Next step: the same "
+        "as for sessions (per-item work out of the event-loop process), and replay batches pipelined by the edge.",
     ),
 ]

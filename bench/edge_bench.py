@@ -1,15 +1,19 @@
 """Edge figures, each next to a bare gRPC echo registered on the very same server (same interceptor chain).
 
-* ``authorize``: ``Authorize`` throughput with 32 calls in flight and its p50,
-  next to the echo (goals: >= 0.70 of echo throughput, p50 <= echo + 0.2 ms),
-  with raw cedarpy decision time and the raw durable outbox commit (one
-  SQLite transaction, the cost every answered decision waits for, shared by
-  group commit) alongside.
+* ``authorize``: ``Authorize`` throughput with 32 calls in flight, its p50, and
+  its p50 one call at a time, in both ``aeterna.offline.decisionDurability``
+  modes (two edges, each in its own data directory), all next to one echo, the
+  three interleaved in rounds (goals for the default, ``process``: >= 0.90 of
+  echo throughput, p50 <= echo + 0.3 ms); with raw cedarpy decision time, the
+  raw journal commit (what a ``process`` answer waits for) and the raw fsynced
+  outbox commit (what ``power``'s group commit waits for) alongside.
 * ``vectors``: local ``SearchVectors`` top-10 p50 over clustered 384-d vectors
-  in the edge's Qdrant Edge shard after ``optimize()``, next to the echo p50 of
-  the same payload (goal <= echo + 1 ms); the fallback p50 (local answer too
-  weak, central's pgvector asked, results merged); recall@10 against exact
-  numpy search.
+  in the edge's Qdrant Edge shard after ``optimize()`` (default ``qdrant.hnsw``),
+  next to the echo p50 of the same payload (goal <= echo + 0.5 ms); the
+  fallback p50 (local answer too weak, central's pgvector asked, results
+  merged); recall@10 against exact numpy search (goal >= 0.98). The shard of a
+  size is built once per suite run and copied for each run (building 1M
+  vectors takes many minutes; the build time is printed as ``build_s``).
 
 The edge runs in-process on real stores (an owned redis-server, SQLite outbox,
 Qdrant Edge, cedarpy). Client and server share the process, so the figures
@@ -19,11 +23,13 @@ are lower bounds. No timing is asserted anywhere.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import cedarpy
@@ -40,6 +46,7 @@ from central_svc.vectors import VectorRecord as CentralVector
 from edge_svc.deps import EdgeDeps, open_edge
 from edge_svc.records import Channel, PolicyBundleRecord, VectorRecord
 from edge_svc.server import EdgeServer, create_server
+from edge_svc.store.vectors import QdrantEdgeStore
 
 ECHO_METHOD = "/aeterna.bench.v1.Echo/Echo"
 POLICY = 'permit(principal == User::"alice", action == Action::"approve", resource) when { context.risk < 5 };'
@@ -157,7 +164,7 @@ def raw_cedar_us(calls: int) -> float:
 
 
 def raw_commit_ms(edge: EdgeUnderTest, commits: int) -> float:
-    """Milliseconds per outbox commit of one decision (SQLite transaction with the outbox's settings)."""
+    """Milliseconds per fsynced outbox commit of one decision: what ``power`` mode's group commit waits for."""
     outbox = edge.resources.node.outbox
     item = {"id": "x", "principal": 'User::"alice"', "allowed": True}
     started = time.perf_counter()
@@ -166,40 +173,139 @@ def raw_commit_ms(edge: EdgeUnderTest, commits: int) -> float:
     return (time.perf_counter() - started) / commits * 1000
 
 
+def raw_journal_us(edge: EdgeUnderTest, commits: int) -> float:
+    """Microseconds per journal commit of one decision (no fsync): what a ``process`` answer waits for."""
+    outbox = edge.resources.local.outbox
+    item = '{"id":"x","p":"User::\\"alice\\"","allow":true}'
+    started = time.perf_counter()
+    done = sum(outbox.journal(Channel.DECISIONS, item) for _ in range(commits))
+    return (time.perf_counter() - started) / max(done, 1) * 1e6
+
+
+def durability_config(env: Env, durability: str) -> AeternaConfig:
+    """The bench edge with ``aeterna.offline.decisionDurability`` set, and room for every decision it queues
+    (offline, nothing drains: an overflowing queue would measure dead-lettering instead)."""
+    config = edge_config(env)
+    offline = config.aeterna.offline.model_copy(update={"decision_durability": durability, "max_queue_size": 10**7})
+    return config.model_copy(update={"aeterna": config.aeterna.model_copy(update={"offline": offline})})
+
+
+AUTHORIZE_ROUNDS = {"smoke": 1, "quick": 3, "full": 5}
+"""Rounds of echo / Authorize (process) / Authorize (power), interleaved so that the shared machine's load
+falls on all three alike; each phase runs ``calls / rounds`` calls per round."""
+
+
 async def measure_authorize(env: Env, calls: int) -> list[Sample]:
-    edge = await EdgeUnderTest.open(edge_config(env))
+    """Both durability modes against one echo, interleaved in the same run; 32 in flight, then one at a time."""
+    edges: dict[str, EdgeUnderTest] = {}
+    request = edge_pb2.AuthorizeRequest(principal='User::"alice"', action='Action::"approve"', resource='D::"x"')
+    request.context.update({"risk": 1})
+    payload = request.SerializeToString()
+    phases: dict[str, Callable[[], Awaitable[Any]]] = {
+        "echo": lambda: edges["process"].echo(payload),
+        "process": lambda: edges["process"].stub.Authorize(request),
+        "power": lambda: edges["power"].stub.Authorize(request),
+    }
+    rounds = AUTHORIZE_ROUNDS[env.mode]
+    per_round, sequential = max(calls // rounds, 1), max(calls // (10 * rounds), 20)
+    elapsed = dict.fromkeys(phases, 0.0)
+    loaded: dict[str, list[float]] = {name: [] for name in phases}
+    alone: dict[str, list[float]] = {name: [] for name in phases}
     try:
-        edge.resources.node.agent.apply(PolicyBundleRecord(version=1, policies=(("bench.cedar", POLICY),)))
-        request = edge_pb2.AuthorizeRequest(principal='User::"alice"', action='Action::"approve"', resource='D::"x"')
-        request.context.update({"risk": 1})
-        payload = request.SerializeToString()
-        for _ in range(100):  # warm up both paths
-            await edge.echo(payload)
-            await edge.stub.Authorize(request)
-        echo_rate, echo_lat = await run_concurrent(lambda: edge.echo(payload), calls, IN_FLIGHT)
-        auth_rate, auth_lat = await run_concurrent(lambda: edge.stub.Authorize(request), calls, IN_FLIGHT)
-        echo_p50, auth_p50 = statistics.median(echo_lat), statistics.median(auth_lat)
+        for mode in ("process", "power"):
+            edges[mode] = await EdgeUnderTest.open(durability_config(env, mode))
+            edges[mode].resources.node.agent.apply(PolicyBundleRecord(version=1, policies=(("bench.cedar", POLICY),)))
+        for _ in range(100):  # warm up every path
+            for call in phases.values():
+                await call()
+        for _ in range(rounds):
+            for name, call in phases.items():
+                calls_per_s, latencies = await run_concurrent(call, per_round, IN_FLIGHT)
+                elapsed[name] += per_round / calls_per_s
+                loaded[name] += latencies
+                alone[name] += (await run_concurrent(call, sequential, 1))[1]
         cedar = raw_cedar_us(max(calls // 4, 200))
-        commit = await asyncio.to_thread(raw_commit_ms, edge, 50)
+        journal = await asyncio.to_thread(raw_journal_us, edges["process"], 200)
+        commit = await asyncio.to_thread(raw_commit_ms, edges["power"], 50)
     finally:
-        await edge.close()
-    return [
-        Sample("Authorize throughput", auth_rate, "calls/s", "echo", echo_rate, auth_rate / echo_rate, ">= 0.70",
-               auth_rate / echo_rate >= 0.70, extra={"raw_cedar_us": cedar, "outbox_commit_ms": commit}),
-        Sample("Authorize p50", auth_p50, "ms", "echo p50", echo_p50, auth_p50 / echo_p50,
-               "<= echo + 0.2 ms", auth_p50 <= echo_p50 + 0.2, extra={"delta_ms": auth_p50 - echo_p50}),
-    ]  # fmt: skip
-
-
-async def load_vectors(edge: EdgeUnderTest, data: np.ndarray[Any, Any]) -> None:
-    store = edge.resources.store
-    for start in range(0, len(data), 1000):
-        chunk = [
-            VectorRecord(f"v{start + i}", row.tolist(), region="bench")
-            for i, row in enumerate(data[start : start + 1000])
+        for edge in edges.values():
+            await edge.close()
+    rate = {name: per_round * rounds / seconds for name, seconds in elapsed.items()}
+    p50 = {name: statistics.median(values) for name, values in loaded.items()}
+    seq = {name: statistics.median(values) for name, values in alone.items()}
+    samples: list[Sample] = []
+    for mode, label, goal in (("process", "durability=process, default", True), ("power", "durability=power", False)):
+        ratio = rate[mode] / rate["echo"]
+        samples += [
+            Sample(
+                f"Authorize throughput ({label})",
+                rate[mode],
+                "calls/s",
+                "echo",
+                rate["echo"],
+                ratio,
+                ">= 0.90" if goal else "",
+                ratio >= 0.90 if goal else None,
+                extra={"raw_cedar_us": cedar, "journal_us": journal} if goal else {"outbox_commit_ms": commit},
+            ),
+            Sample(
+                f"Authorize p50 ({label})",
+                p50[mode],
+                "ms",
+                "echo p50",
+                p50["echo"],
+                p50[mode] / p50["echo"],
+                "<= echo + 0.3 ms" if goal else "",
+                p50[mode] <= p50["echo"] + 0.3 if goal else None,
+                extra={"delta_ms": p50[mode] - p50["echo"]},
+            ),
+            Sample(
+                f"Authorize p50, 1 in flight ({label})",
+                seq[mode],
+                "ms",
+                "echo p50",
+                seq["echo"],
+                seq[mode] / seq["echo"],
+                "<= echo + 0.3 ms" if goal else "",
+                seq[mode] <= seq["echo"] + 0.3 if goal else None,
+                extra={"delta_ms": seq[mode] - seq["echo"]},
+            ),
         ]
-        await asyncio.to_thread(store.upsert, chunk, cached=False)
-    await asyncio.to_thread(store.optimize)
+    return samples  # fmt: skip
+
+
+def built_shard(env: Env, data: np.ndarray[Any, Any]) -> tuple[Path, float]:
+    """A Qdrant Edge shard of ``data`` (ids ``v0``..), optimized, built once per suite run: (its folder, build s).
+
+    Built with the edge's own store and default ``qdrant.hnsw``, closed, then copied into each run's edge.
+    """
+    folder = env.scratch / f"vector-shard-{len(data)}"
+    marker = folder / "build_seconds"
+    if marker.exists():
+        return folder, float(marker.read_text())
+    shutil.rmtree(folder, ignore_errors=True)
+    started = time.perf_counter()
+    store = QdrantEdgeStore(folder / "vectors", DIMENSION)
+    try:
+        for start in range(0, len(data), 1000):
+            chunk = [
+                VectorRecord(f"v{start + i}", row.tolist(), region="bench")
+                for i, row in enumerate(data[start : start + 1000])
+            ]
+            store.upsert(chunk, cached=False)
+        store.optimize()
+    finally:
+        store.close()
+    seconds = time.perf_counter() - started
+    marker.write_text(str(seconds))
+    return folder, seconds
+
+
+def exact_top10(data: np.ndarray[Any, Any], norms: np.ndarray[Any, Any], query: np.ndarray[Any, Any]) -> set[str]:
+    """Ids of the exact top 10 by cosine (no normalized copy of ``data``: at 1M x 384 that would be 1.5 GB more)."""
+    scores = (data @ query) / (norms * np.linalg.norm(query))
+    top = np.argpartition(-scores, 10)[:10]
+    return {f"v{i}" for i in top}
 
 
 async def load_central_vectors(server: Any, count: int, seed: int) -> None:
@@ -217,19 +323,22 @@ async def load_central_vectors(server: Any, count: int, seed: int) -> None:
 
 async def measure_vectors(env: Env, count: int) -> list[Sample]:
     queries_n = {"smoke": 30, "quick": 100, "full": 200}[env.mode]
+    data = clustered(count, DIMENSION)
+    shard, build_s = await asyncio.to_thread(built_shard, env, data)
     async with central(env) as server:
         central_count = min(count, 10_000)
         await load_central_vectors(server, central_count, seed=count)
-        edge = await EdgeUnderTest.open(edge_config(env, server.target), start=False)
+        config = edge_config(env, server.target)
+        # The edge opens the copied shard (QdrantEdgeStore reopens a folder with segments).
+        await asyncio.to_thread(shutil.copytree, shard / "vectors", Path(config.edge.data_dir) / "vectors")
+        edge = await EdgeUnderTest.open(config, start=False)
         try:
             if not await edge.resources.node.link.check_once():
                 raise RuntimeError("the bench edge cannot reach the in-process central")
-            data = clustered(count, DIMENSION)
-            started = time.perf_counter()
-            await load_vectors(edge, data)
-            load_s = time.perf_counter() - started
+            if (held := edge.resources.node.vectors.count()) != count:
+                raise RuntimeError(f"the copied shard holds {held} vectors, not {count}")
             queries = queries_near(data, queries_n)
-            normed = data / np.linalg.norm(data, axis=1, keepdims=True)
+            norms = np.linalg.norm(data, axis=1)
             local_lat: list[float] = []
             echo_lat: list[float] = []
             fallback_lat: list[float] = []
@@ -244,9 +353,8 @@ async def measure_vectors(env: Env, count: int) -> list[Sample]:
                 t0 = time.perf_counter()
                 await edge.echo(search.SerializeToString())
                 echo_lat.append((time.perf_counter() - t0) * 1000)
-                exact = np.argsort(-(normed @ (row / np.linalg.norm(row))))[:10]
                 got = {r.vector.vector_id for r in reply.results}
-                recalls.append(len(got & {f"v{i}" for i in exact}) / 10)
+                recalls.append(len(got & exact_top10(data, norms, row)) / 10)
                 # A threshold above every local score: the edge asks central and merges.
                 weak = edge_pb2.SearchVectorsRequest(embedding=row.tolist(), limit=10, score_threshold=0.95)
                 t0 = time.perf_counter()
@@ -259,36 +367,43 @@ async def measure_vectors(env: Env, count: int) -> list[Sample]:
     recall = statistics.mean(recalls)
     return [
         Sample("local search top-10 p50", local_p50, "ms", "echo p50", echo_p50, local_p50 / echo_p50,
-               "<= echo + 1 ms", local_p50 <= echo_p50 + 1.0,
-               extra={"delta_ms": local_p50 - echo_p50, "load_s": load_s}),
+               "<= echo + 0.5 ms", local_p50 <= echo_p50 + 0.5,
+               extra={"delta_ms": local_p50 - echo_p50, "build_s": build_s}),
         Sample("fallback search p50", fallback_p50, "ms", "echo p50", echo_p50, fallback_p50 / echo_p50, "",
                None, extra={"central_vectors": float(central_count)}),
-        Sample("recall@10 vs exact", recall, "", "exact numpy", 1.0, recall, "", None),
+        Sample("recall@10 vs exact", recall, "", "exact numpy", 1.0, recall, ">= 0.98", recall >= 0.98),
     ]  # fmt: skip
 
+
+VECTORS_NOTE = (
+    "local search runs on the index's own search threads (Qdrant Edge releases the GIL) with hnsw_ef 96 "
+    "(qdrant.hnsw.ef), m 16, one search thread per query; see docs/performance.md (Vectors) for the "
+    "latency/recall sweep, the profile and what is left."
+)
 
 FIGURES = [
     Figure(
         "authorize",
-        "edge Authorize (durable decision) vs bare gRPC echo on the same server stack, 32 in flight",
+        "edge Authorize in both decisionDurability modes vs one bare gRPC echo on the same server stack, "
+        "32 in flight and 1 in flight",
         measure_authorize,
         {"smoke": (300,), "quick": (3000,), "full": (10_000,)},
         lambda n: f"{human(n)} calls",
-        goal_note="the decision must be committed to the SQLite outbox (WAL, synchronous=FULL) before the "
-        "answer; group commit shares one fsync among the calls in flight, but every call still waits for the "
-        "writer task, a worker-thread hop and the fsync (outbox_commit_ms). Fix within the guarantee: "
-        "synchronous=NORMAL in WAL (survives SIGKILL, not power loss) as an opt-in, commit from a dedicated "
-        "thread without to_thread per group; see docs/performance.md (Authorize).",
+        goal_note="with durability=process (the default) the answer waits for one SQLite INSERT into the journal "
+        "without an fsync (journal_us) instead of a thread hop and an fsync; what is left over the echo is the "
+        "Cedar engine's own evaluation (raw_cedar_us; cedarpy holds the GIL, so it runs on the event loop) plus that "
+        "INSERT, against an echo of about 0.8 ms of event-loop time per call on 2 shared cores. At 32 in flight "
+        "the p50 is queueing (32 / throughput), so its delta follows the throughput ratio. Next steps: an "
+        "append-only decision file (one write(), about 2 us) instead of the INSERT, and Cedar off the event loop "
+        "once cedarpy releases the GIL; see docs/performance.md (Authorize).",
     ),
     Figure(
         "vectors",
         "edge SearchVectors at N x 384 clustered vectors: local p50 vs echo, fallback p50, recall@10",
         measure_vectors,
-        {"smoke": (500, 1000, 2000), "quick": (1000, 10_000, 100_000), "full": (1000, 10_000, 100_000)},
+        # 1M only in the full run: ~5 GB of RAM (data, shard, HNSW) and many minutes of index build.
+        {"smoke": (500, 1000, 2000), "quick": (1000, 10_000, 100_000), "full": (10_000, 100_000, 1_000_000)},
         lambda n: f"{human(n)} vec",
-        goal_note="recall@10 is 0.99-1.0 at every size (HNSW queried with hnsw_ef 128), but at 100k vectors the "
-        "local p50 is about 1.8 ms over echo: the query runs on the event loop beside the gRPC work on 2 shared "
-        "cores, and the beam visits more of a larger graph. Fix: run the search in a worker thread, or trade a "
-        "little recall for a narrower beam (hnsw_ef 64); see docs/performance.md (vectors).",
+        goal_note=VECTORS_NOTE,
     ),
 ]

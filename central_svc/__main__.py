@@ -14,7 +14,8 @@ from pathlib import Path
 
 import prometheus_client
 
-from aeterna_security.production import DEVELOPMENT_HELP, EXIT_REFUSED, refusal
+from aeterna_security.production import DEVELOPMENT_HELP, EXIT_REFUSED, refusal, role_refusal
+from aeterna_server.capacity import raise_open_file_limit
 from aeterna_server.server import start_health_server
 from aeterna_shared.config import AeternaConfig, load_config
 from aeterna_shared.logs import configure_logging
@@ -26,7 +27,7 @@ from central_svc.store.advisory_lock import SNAPSHOT_LOCK_KEY, AdvisoryLock
 from central_svc.store.database import Database
 from central_svc.store.embedded_postgres import EmbeddedPostgres
 from central_svc.store.migrate import upgrade
-from interceptors.telemetry import MetricsEndpoint, install_tracer_provider, serve_metrics
+from interceptors.telemetry import MetricsEndpoint, install_tracer_provider, serve_metrics, shutdown_tracer_provider
 
 _log = logging.getLogger("central")
 
@@ -130,15 +131,19 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "development", False):
         config = config.model_copy(update={"development": True})
     # Before anything starts (no embedded PostgreSQL for a refused configuration).
-    refused = refusal(config, "central")
+    refused = role_refusal(config, "central", args.config) or refusal(config, "central")
     if refused is not None:
         print(refused, file=sys.stderr)
         return EXIT_REFUSED
     configure_logging(config, "central")
-    install_tracer_provider(config.telemetry, "central")
-    with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(serve(config, Path(args.ready_file) if args.ready_file else None))
-    return 130
+    raise_open_file_limit()  # one socket per edge: 10,000 edges need more than the usual 1,024
+    tracer_provider = install_tracer_provider(config.telemetry, "central")
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(serve(config, Path(args.ready_file) if args.ready_file else None))
+        return 130
+    finally:
+        shutdown_tracer_provider(tracer_provider)  # the last spans leave before the process does
 
 
 def migrate(args: argparse.Namespace) -> int:

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from central_svc.edges import EdgeRow
     from central_svc.episodes import EpisodeFilter, EpisodeRecord, EpisodeRow
     from central_svc.policies import Bundle, PolicyContent
-    from central_svc.replay import ConflictRecord, ConflictState, DecisionWrites, Effective, Resolution
-    from central_svc.sessions import HeldSession, MergedSession, SessionRecord, StoredSession
+    from central_svc.replay import ConflictRecord, ConflictState, DecisionWrites, Held, Resolution
+    from central_svc.sessions import HeldSession, MergedSession, SessionRecord, StoredSession, Upserted
     from central_svc.snapshots import SnapshotRow
     from central_svc.vectors import VectorHit, VectorQuery, VectorRecord
 
@@ -65,8 +65,12 @@ Apply = Callable[[Transaction], Awaitable[Applied]]
 class BatchLedger(Protocol):
     """At-most-once application of batches, and the checkpoints of edge incarnations."""
 
-    async def run(self, meta: BatchMeta, tenant_id: str, apply: Apply) -> Ack:
-        """Run ``apply`` and the batch's bookkeeping in one transaction; a resend gets the stored ack (DUPLICATE)."""
+    async def run(self, meta: BatchMeta, tenant_id: str, apply: Apply, *, pipelined: bool = False) -> Ack:
+        """Run ``apply`` and the batch's bookkeeping in one transaction; a resend gets the stored ack (DUPLICATE).
+
+        ``pipelined``: ``apply`` only runs statements on the transaction and reads back every result
+        it relies on, so the adapter may send statements ahead of their results (fewer round trips).
+        """
         ...
 
     async def checkpoints(self, agent_id: str, incarnation_id: str = "") -> dict[int, int]:
@@ -87,12 +91,8 @@ class SessionStore(Protocol):
 
     async def upsert(
         self, transaction: Transaction, tenant_id: str, agent_id: str, rows: list[SessionRecord]
-    ) -> set[str]:
-        """Upsert rows (newer last_activity wins, own tenant only); return the ids that were written."""
-        ...
-
-    async def foreign(self, transaction: Transaction, tenant_id: str, session_ids: list[str]) -> set[str]:
-        """The ids among ``session_ids`` that belong to another tenant."""
+    ) -> Upserted:
+        """Upsert rows (newer last_activity wins, own tenant only); the ids written and those of other tenants."""
         ...
 
     async def lock_for_merge(
@@ -113,12 +113,9 @@ class SessionStore(Protocol):
 class DecisionStore(Protocol):
     """The decision log and the review queue."""
 
-    async def existing(self, transaction: Transaction, ids: list[str]) -> set[str]:
-        """Decision ids already in the log."""
-        ...
-
-    async def effective(self, transaction: Transaction, tenant_id: str, resources: list[str]) -> dict[str, Effective]:
-        """The effective decision per resource (locked for this transaction)."""
+    async def hold(self, transaction: Transaction, tenant_id: str, ids: list[str], resources: list[str]) -> Held:
+        """Lock ``resources`` for this transaction (one global order), then read which of ``ids`` the log
+        holds and the effective decision per resource (locked too)."""
         ...
 
     async def write(self, transaction: Transaction, tenant_id: str, agent_id: str, writes: DecisionWrites) -> None:

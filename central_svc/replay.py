@@ -94,13 +94,13 @@ class Effective:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
-    """What happens to one replayed decision."""
+class Held:
+    """What the log holds for a replayed batch, read under the locks of the batch's resources."""
 
-    decision_id: str
-    outcome: Outcome
-    conflicting_decision_id: str = ""
-    conflict_id: str = ""
+    known: set[str]
+    """Ids of the batch already in the log (DUPLICATE)."""
+    effective: dict[str, Effective]
+    """The effective decision per resource of the batch (resources without one are absent)."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +167,10 @@ def judge(policy: ConflictPolicy, decide_time: datetime, current: Effective | No
     return Ruling(Outcome.NEEDS_REVIEW, current.decision_id)
 
 
+def _decision_order(record: DecisionRecord) -> tuple[datetime | None, str]:
+    return record.decide_time, record.decision_id
+
+
 _STATUS_OF = {
     Outcome.APPLIED: Status.EFFECTIVE,
     Outcome.SUPERSEDED: Status.SUPERSEDED,
@@ -230,15 +234,19 @@ class DecisionReplay:
                 valid.append(record)
 
         async def apply(transaction: Transaction) -> Applied:
-            known = await self._store.existing(transaction, [r.decision_id for r in valid])
+            # The resources are locked before the log is read, so a concurrent replay of the same ids or
+            # resources is seen as committed (extra entries for duplicates' resources are never looked at).
+            held = await self._store.hold(
+                transaction, tenant_id, [r.decision_id for r in valid], sorted({r.resource for r in valid})
+            )
+            known, current = held.known, held.effective
             fresh = [r for r in valid if r.decision_id not in known]
-            current = await self._store.effective(transaction, tenant_id, sorted({r.resource for r in fresh}))
-            verdicts: dict[str, Verdict] = {d: Verdict(d, Outcome.DUPLICATE) for d in known}
+            verdicts: dict[str, DecisionResult] = {d: DecisionResult(d, int(Outcome.DUPLICATE)) for d in known}
             rows: list[NewDecision] = []
             superseded: list[str] = []
             conflicts: list[NewConflict] = []
             # In decision order, so that a batch that holds several decisions on one resource settles them in turn.
-            for record in sorted(fresh, key=lambda r: (r.decide_time, r.decision_id)):
+            for record in sorted(fresh, key=_decision_order):
                 assert record.decide_time is not None
                 effective = current.get(record.resource)
                 ruling = judge(self.policy_for(record.action), record.decide_time, effective)
@@ -252,7 +260,9 @@ class DecisionReplay:
                     conflict_id = str(uuid.uuid4())
                     conflicts.append(NewConflict(conflict_id, record.decision_id, conflicting))
                 rows.append(NewDecision(record, _STATUS_OF[outcome]))
-                verdicts[record.decision_id] = Verdict(record.decision_id, outcome, conflicting, conflict_id)
+                verdicts[record.decision_id] = DecisionResult(
+                    record.decision_id, int(outcome), conflicting, conflict_id
+                )
             # A decision applied and then superseded within this batch is inserted as superseded directly.
             fresh_ids = {row.record.decision_id for row in rows}
             final_superseded = set(superseded)
@@ -262,14 +272,10 @@ class DecisionReplay:
             ]
             writes = DecisionWrites(rows, [d for d in superseded if d not in fresh_ids], conflicts)
             await self._store.write(transaction, tenant_id, meta.agent_id, writes)
-            results = tuple(
-                DecisionResult(v.decision_id, int(v.outcome), v.conflicting_decision_id, v.conflict_id)
-                for r in records
-                if (v := verdicts.get(r.decision_id)) is not None
-            )
+            results = tuple(v for r in records if (v := verdicts.get(r.decision_id)) is not None)
             return Applied(len(records) - len(failures), tuple(failures), results)
 
-        return await self._ledger.run(meta, tenant_id, apply)
+        return await self._ledger.run(meta, tenant_id, apply, pipelined=True)
 
     async def list_conflicts(
         self, tenant_id: str, state: ConflictState | None, after: tuple[datetime, str] | None, limit: int

@@ -66,6 +66,16 @@ class MergedSession:
     checksum: str
 
 
+@dataclass(frozen=True, slots=True)
+class Upserted:
+    """What an upsert of whole sessions did."""
+
+    written: set[str]
+    """Ids of the rows written (new, or newer than what central held)."""
+    foreign: set[str]
+    """Ids of the batch that belong to another tenant (never written)."""
+
+
 @dataclass(frozen=True)
 class HeldSession:
     """A session row locked for a merge."""
@@ -145,19 +155,18 @@ class SessionSync:
         total = len(records) + len(appends or [])
 
         async def apply(transaction: Transaction) -> Applied:
-            rows = list(latest.values())
-            written = await self._store.upsert(transaction, tenant_id, meta.agent_id, rows) if rows else set()
-            missing = [row.session_id for row in rows if row.session_id not in written]
+            rows = [latest[session_id] for session_id in sorted(latest)]  # rows locked in one order: no deadlock
             item_failures = list(failures)
-            if missing:
+            if rows:
+                upserted = await self._store.upsert(transaction, tenant_id, meta.agent_id, rows)
                 # Not written means either an older version (a no-op, not a failure) or another tenant's session.
-                for session_id in sorted(await self._store.foreign(transaction, tenant_id, missing)):
-                    item_failures.append(_foreign(session_id))
+                missing = {row.session_id for row in rows if row.session_id not in upserted.written}
+                item_failures += [_foreign(session_id) for session_id in sorted(upserted.foreign & missing)]
             if merges:
                 item_failures += await self._merge(transaction, tenant_id, meta.agent_id, merges)
             return Applied(total - len(item_failures), tuple(item_failures))
 
-        return await self._ledger.run(meta, tenant_id, apply)
+        return await self._ledger.run(meta, tenant_id, apply, pipelined=True)
 
     async def _merge(
         self, transaction: Transaction, tenant_id: str, agent_id: str, merges: dict[str, list[SessionAppendRecord]]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aeterna_cli.output import add_json, print_json, progress
 from aeterna_security.production import DEVELOPMENT_HELP
 from edge_svc.records import Channel
 
@@ -53,6 +54,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
             action.add_argument(
                 "--channel", choices=[c.value for c in Channel], help="only this channel (default: all)"
             )
+        add_json(action)
         action.set_defaults(handler=_dead_letters)
 
 
@@ -81,14 +83,35 @@ def _dead_letters(args: argparse.Namespace) -> int:
 
 def _dead_letters_on(outbox: SqliteOutbox, args: argparse.Namespace) -> int:
     if args.dead_letters_action == "requeue":
-        channel = Channel(args.channel) if args.channel else None
-        print(f"requeued {outbox.requeue_dead_letters(channel)} item(s); they go out with the next sync")
-        return 0
+        return _requeue(outbox, Channel(args.channel) if args.channel else None, as_json=args.json)
     rows = sorted(outbox.dead_letter_counts(), key=lambda row: (row[0].value, row[1]))
+    if args.json:
+        print_json({"deadLetters": [{"channel": c.value, "cause": cause, "items": n} for c, cause, n in rows]})
+        return 0
     if not rows:
         print("no dead letters")
     for channel_of, cause, items in rows:
         print(f"{channel_of.value:<10} {cause:<40} {items:>8} item(s)")
+    return 0
+
+
+def _requeue(outbox: SqliteOutbox, only: Channel | None, *, as_json: bool) -> int:
+    """Requeue channel by channel, a progress line (stderr) after each, then one summary line (stdout)."""
+    waiting: dict[Channel, int] = {}
+    for channel_of, _cause, items in outbox.dead_letter_counts():
+        if only is None or channel_of == only:
+            waiting[channel_of] = waiting.get(channel_of, 0) + items
+    channels = sorted(waiting, key=lambda c: c.value)
+    progress(f"requeueing {sum(waiting.values())} dead-lettered item(s) in {len(channels)} channel(s)")
+    done: dict[str, int] = {}
+    for index, channel_of in enumerate(channels, start=1):
+        done[channel_of.value] = outbox.requeue_dead_letters(channel_of)
+        progress(f"  [{index}/{len(channels)}] {channel_of.value}: requeued {done[channel_of.value]} item(s)")
+    total = sum(done.values())
+    if as_json:
+        print_json({"requeued": total, "channels": done})
+    else:
+        print(f"requeued {total} item(s); they go out with the next sync")
     return 0
 
 

@@ -207,7 +207,7 @@ def _open_local(config: AeternaConfig) -> LocalStores:
                 stack.callback(working.stop)
         outbox = SqliteOutbox(outbox_path(data_dir), outbox_limits(config))
         stack.callback(outbox.close)
-        store = QdrantEdgeStore(data_dir / "vectors", config.vector_database.dimension)
+        store = QdrantEdgeStore(data_dir / "vectors", config.vector_database.dimension, config.qdrant.hnsw)
         stack.pop_all()
         return LocalStores(lock, sessions, working, outbox, store)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from aeterna_shared.errors import InvalidArgument
+from edge_svc import trace_context
 from edge_svc.ports import Cache, Mutation
 from edge_svc.records import ChangeKind, JsonDict, Message, SessionRecord, now_ns
 
@@ -109,7 +110,8 @@ class SessionMemory:
     ``partial`` when it was started offline without central's earlier turns)
     plus a small pending-change hash: ``kind`` (``replace`` after a
     PutSession, else ``append``), ``from`` (index of the first turn not yet
-    sent) and ``patch`` (state keys set since). The collector turns these into
+    sent), ``patch`` (state keys set since) and ``trace`` (the writes' W3C trace
+    contexts, ``edge_svc.trace_context``). The collector turns these into
     session changes without decoding the document into a record
     (``edge_svc.records``): the whole of it, or only the new turns and keys,
     which central merges. Both keys and the dirty mark change in one
@@ -201,6 +203,16 @@ class SessionMemory:
         return result[0]
 
     async def _update(self, tenant: str, session_id: str, mutate: Mutation) -> None:
+        traceparent = trace_context.current_traceparent()
+        if traceparent is not None:
+            untraced = mutate
+
+            def mutate(current: bytes | None, pending: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+                # The write's trace context rides with its pending change to the sync (``edge_svc.trace_context``).
+                value, changed = untraced(current, pending)
+                field = trace_context.PENDING_FIELD
+                return value, {**changed, field: trace_context.merged(pending.get(field), traceparent)}
+
         await self.cache.update(
             session_key(tenant, session_id), pending_key(tenant, session_id), dirty_hash(tenant), session_id, mutate
         )
@@ -252,16 +264,20 @@ def _change(document: JsonDict, pending: dict[str, str]) -> JsonDict:
     or its turns since ``from`` and the state keys set since (kind ``append``, with ``partial`` when the
     copy was started offline). Keys keep the document's order, so the item is the bytes it always was."""
     partial = bool(document.pop("partial", False))
+    # The writes' trace contexts (``edge_svc.trace_context``), only when they carried any: an item
+    # without them is the bytes it always was.
+    contexts = pending.get(trace_context.PENDING_FIELD)
+    traced = {trace_context.PENDING_FIELD: contexts} if contexts else {}
     if pending.get("kind") != ChangeKind.APPEND.value:
         # A PutSession since the last sync, or a session written before pending hashes existed.
-        return {**document, "kind": ChangeKind.REPLACE.value}
+        return {**document, "kind": ChangeKind.REPLACE.value, **traced}
     change = {key: value for key, value in document.items() if key != "state"}
     change["messages"] = document.get("messages", [])[int(pending.get("from", "0")) :]
     change["kind"] = ChangeKind.APPEND.value
     if partial:
         change["partial"] = True
     change["patch"] = json.loads(pending.get("patch", "{}"))
-    return change
+    return {**change, **traced}
 
 
 def _stamp(messages: list[Message], stamp: int) -> None:

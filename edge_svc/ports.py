@@ -131,7 +131,8 @@ class Outbox(Protocol):
     """The durable, per-channel ordered queue of batches bound for central (SQLite in ``store/outbox.py``).
 
     Every method is synchronous and may block on an fsync: async callers run
-    it with ``asyncio.to_thread``. A store that cannot be read or written
+    it with ``asyncio.to_thread`` (all but ``journal``, which neither
+    fsyncs nor waits). A store that cannot be read or written
     raises ``Unavailable`` (reason ``OUTBOX_UNAVAILABLE``) and changed nothing.
     """
 
@@ -142,6 +143,23 @@ class Outbox(Protocol):
 
     def enqueue(self, channel: Channel, items: Sequence[JsonDict]) -> OutboxBatch:
         """Commit one batch of ``items``; returns it with its sequence and batch id."""
+        ...
+
+    def journal(self, channel: Channel, item: str) -> bool:
+        """Commit one item (compact JSON) to the journal, durable against a crash of this process but not yet
+        a power loss; never waits (the one method called on the event loop): False, nothing done, when busy."""
+        ...
+
+    def journal_many(self, channel: Channel, items: Sequence[str]) -> None:
+        """``journal`` for several items, waiting for the store."""
+        ...
+
+    def move_journal(self, channel: Channel, max_items: int, max_bytes: int) -> int:
+        """Turn journaled items into batches, exactly once; returns how many moved."""
+        ...
+
+    def sync(self) -> bool:
+        """Make the journal survive a power loss; returns whether there was anything to do."""
         ...
 
     def pending(self, channel: Channel, limit: int) -> list[OutboxBatch]:

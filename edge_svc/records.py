@@ -27,7 +27,9 @@ was written as. A *session change*, the outbox item of the sessions channel,
 is that document plus ``kind`` (``ChangeKind``, see ``change_kind``):
 ``replace`` carries it whole; ``append`` drops ``state``, keeps only the turns
 not yet sent, and adds ``patch`` (the state keys set since) and, for a copy
-started offline, ``partial``. The stored bytes, in Redis and in SQLite, are
+started offline, ``partial``. Either kind carries ``trace`` (the writes' W3C
+trace contexts, ``edge_svc.trace_context``) when the writes were traced, and
+only then. The stored bytes, in Redis and in SQLite, are
 those the earlier code wrote, and so are the wire messages
 (``tests/edge/test_records_session_formats.py``). At central a session is
 proto -> record -> rows.

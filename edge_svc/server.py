@@ -41,8 +41,9 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2
 from prometheus_client import CollectorRegistry
 
-from aeterna_security.production import EXIT_REFUSED, refusal
+from aeterna_security.production import EXIT_REFUSED, refusal, role_refusal
 from aeterna_security.tls import server_credentials
+from aeterna_server.capacity import raise_open_file_limit
 from aeterna_server.readiness import ReadinessWatch
 from aeterna_server.server import (
     ServiceBinding,
@@ -59,7 +60,7 @@ from edge_svc.api.edge_service import EdgeService
 from edge_svc.deps import EdgeDeps, open_edge
 from edge_svc.node import EdgeNode
 from interceptors.chain import server_interceptors
-from interceptors.telemetry import MetricsEndpoint, install_tracer_provider, serve_metrics
+from interceptors.telemetry import MetricsEndpoint, install_tracer_provider, serve_metrics, shutdown_tracer_provider
 
 SERVICE_NAME = edge_pb2.DESCRIPTOR.services_by_name["EdgeService"].full_name
 SYNC_HEALTH_SERVICE = "aeterna.sync"
@@ -222,14 +223,17 @@ def main(config_path: str | None, ready_file: str | None, *, development: bool =
     config = load_config(config_path)
     if development:
         config = config.model_copy(update={"development": True})
-    refused = refusal(config, "edge")
+    refused = role_refusal(config, "edge", config_path) or refusal(config, "edge")
     if refused is not None:
         print(refused, file=sys.stderr)
         return EXIT_REFUSED
     configure_logging(config, "edge")
-    install_tracer_provider(config.telemetry, "edge")
+    raise_open_file_limit(expected_streams=1_000)  # agents' connections, the cache, the outbox, central
+    tracer_provider = install_tracer_provider(config.telemetry, "edge")
     try:
         return asyncio.run(run(config, Path(ready_file) if ready_file else None))
     except AeternaError as error:
         _process_log.error("edge stopped: %s [%s]", error.message, error.reason)
         return 1
+    finally:
+        shutdown_tracer_provider(tracer_provider)  # the spans of the last flush leave before the process does

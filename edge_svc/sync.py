@@ -58,6 +58,26 @@ when a channel made no progress in it. Items central could not store
 items that would not fit a batch (``sync.batch.maxBytes``) here, and decisions and vectors
 are split into batches by size as well as by count.
 
+Decisions have their own order, and it holds in both
+``aeterna.offline.decisionDurability`` modes: an Authorize is answered only
+once its decision is committed to the outbox's SQLite database
+(``record_decision``), so an edge killed right after answering still replays
+it; what the commit survives is the mode's.
+
+* ``process`` (the default): one INSERT into the outbox's journal on the event
+  loop, without an fsync (``SqliteOutbox.journal``): once it returns, the row
+  is in SQLite's write-ahead log in the OS page cache, so a crash or SIGKILL
+  of the edge loses nothing; a power loss or kernel crash can lose what was
+  journaled since the last ``decision-sync`` round (a checkpoint and an fsync
+  every ``decisionSyncInterval``). The decision-writer task moves journaled
+  decisions into ordinary batches, many per batch, in one transaction that
+  also deletes them from the journal (exactly once, whatever crashes when);
+  at start it moves what a killed run left.
+* ``power``: the decision is group-committed into a batch with an fsync in a
+  worker thread before the answer, so it survives a power loss too.
+
+Neither survives the loss of the disk.
+
 One limitation stays: a batch that central applied but whose ack was lost is
 dropped by the checkpoint on reconnect; if central refused some of its items,
 the edge never learns which (central logged them).
@@ -97,11 +117,16 @@ _log = logging.getLogger(__name__)
 _WINDOW = 32
 # How long a drain of the decisions channel waits to gather more decisions.
 _DECISION_DRAIN_DELAY = 0.05
+# process mode: how long journaled decisions wait to be moved into a batch together (their callers do not wait).
+_DECISION_LINGER = 0.05
 _DRAIN_ORDER = (Channel.SESSIONS, Channel.VECTORS, Channel.EPISODES, Channel.DECISIONS)
 # What ``send`` raises when central refuses a batch for its content (``api.central_client.refusal_of``).
 _BATCH_REFUSALS = (InvalidArgument, FailedPrecondition, AlreadyExists)
 # Share of ``sync.batch.maxBytes`` a batch's items may take when encoded as the outbox holds them.
 _BATCH_BUDGET = 0.8
+
+_Pending = tuple[JsonDict, str, "asyncio.Future[None]"]
+"""A decision waiting for its commit: its JSON, encoded, and its caller's future."""
 
 DEGRADED_AFTER_ROUNDS = 2
 """A channel whose last this many drain rounds gave up without progress (link online) is degraded."""
@@ -211,8 +236,13 @@ class SyncEngine:
         self._collect_lock = asyncio.Lock()
         self._session_wake = asyncio.Event()
         self._decision_wake = asyncio.Event()
-        self._decision_buffer: list[tuple[JsonDict, asyncio.Future[None]]] = []
+        self._decision_buffer: list[_Pending] = []
         self._decision_arrived = asyncio.Event()
+        self._decision_buffered = asyncio.Event()
+        self._journal_moved = False
+        offline = config.aeterna.offline
+        self._decision_fsync = offline.decision_durability == "power"
+        self._decision_sync_every = offline.decision_sync_interval.total_seconds()
         self._tasks: list[asyncio.Task[None]] = []
         link.on_online(self.resume)
 
@@ -225,20 +255,34 @@ class SyncEngine:
     async def record_decision(self, decision: DecisionRecord) -> None:
         """Record a decision durably: return only once it is committed to the outbox.
 
-        Decisions that arrive while a commit is running share the next one
-        (group commit), so concurrent Authorize calls pay for one fsync between
-        them, yet no caller is answered before its decision is on disk: an edge
-        killed right after answering still replays that decision.
+        ``decisionDurability: process``: one INSERT into the outbox's journal,
+        here on the event loop, without an fsync (no thread hop, no disk
+        wait): it survives a crash of this process at once, and a power loss
+        once ``decision-sync`` ran (every ``decisionSyncInterval``). The
+        decision-writer task moves journaled decisions into batches a moment
+        later (``_DECISION_LINGER``), many per batch. When another commit holds
+        the outbox, the decision is journaled by that task, in a thread.
+
+        ``power``: decisions that arrive while a commit is running share the
+        next one (group commit) in a worker thread, so concurrent Authorize
+        calls pay for one fsync between them, yet no caller is answered before
+        its decision is on disk.
+
+        Either way an edge killed right after answering still replays the decision.
         """
         item = decision.to_json()
-        self._fits(item, "decision")
+        encoded = self._fits(item, "decision")
+        if not self._decision_fsync and self._outbox.journal(Channel.DECISIONS, encoded):
+            self._decision_arrived.set()
+            return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # A caller that went away (cancelled, past its deadline) never awaits the shielded future:
         # retrieve a commit failure here, so it is not reported later as "never retrieved".
         future.add_done_callback(_retrieve_failure)
-        self._decision_buffer.append((item, future))
+        self._decision_buffer.append((item, encoded, future))
         if self._tasks:
             self._decision_arrived.set()
+            self._decision_buffered.set()
         else:
             # No writer loop (the node is not started, e.g. in a unit test): commit inline. A failure
             # reaches this caller through its future, as it does every caller of a shared commit.
@@ -267,19 +311,22 @@ class SyncEngine:
         self._fits(item, "episode")
         return await asyncio.to_thread(self._outbox.enqueue, Channel.EPISODES, [item])
 
-    def _fits(self, item: JsonDict, field: str) -> None:
-        """INVALID_ARGUMENT for an item that no batch could carry to central: it would block its channel.
+    def _fits(self, item: JsonDict, field: str) -> str:
+        """The item's compact JSON; INVALID_ARGUMENT for an item no batch could carry to central (it would block
+        its channel).
 
         (What central could not store is refused earlier, at the API, by the
         same checks central runs, ``aeterna_shared.limits``: ``edge_svc.api.codec``.)
         """
-        size = len(json.dumps(item, separators=(",", ":")))
+        encoded = json.dumps(item, separators=(",", ":"))
+        size = len(encoded)
         if size > self._item_budget:
             raise InvalidArgument.for_field(
                 field,
                 f"is {size} bytes encoded; a sync batch carries at most {self._item_budget} (sync.batch.maxBytes)",
                 reason="ITEM_TOO_LARGE",
             )
+        return encoded
 
     async def store_episode_now(self, episode: EpisodeRecord) -> None:
         """Strong mode: return only once central acknowledged the episode; Unavailable otherwise."""
@@ -338,27 +385,53 @@ class SyncEngine:
         return queued
 
     async def commit_decisions(self) -> int:
-        """Group-commit buffered decisions to the outbox, then release their callers; returns how many."""
-        if not self._decision_buffer:
-            return 0
+        """Commit buffered decisions and release their callers, then move the journal into batches.
+
+        ``power``: the buffer is group-committed to the outbox with an fsync.
+        ``process``: the buffer (decisions the event loop could not journal
+        because the outbox was busy) is journaled in a thread. Either way the
+        journal is moved into batches afterwards (in ``power`` mode it holds
+        only what a ``process``-mode run left). Returns how many decisions
+        were committed or moved.
+        """
         pending, self._decision_buffer = self._decision_buffer, []
-        size = self._config.sync.batch.max_size
-        try:
-            for start in range(0, len(pending), size):
-                records = [record for record, _ in pending[start : start + size]]
-                for chunk in _split_by_bytes(records, self._max_bytes):
-                    await asyncio.to_thread(self._outbox.enqueue, Channel.DECISIONS, chunk)
-        except BaseException as error:
-            failure = error if isinstance(error, Exception) else RuntimeError("decision commit was interrupted")
-            for _, future in pending:
+        if pending:
+            try:
+                if self._decision_fsync:
+                    for chunk in _chunks(pending, self._config.sync.batch.max_size, self._item_budget):
+                        await asyncio.to_thread(self._outbox.enqueue, Channel.DECISIONS, [item for item, _, _ in chunk])
+                else:
+                    await asyncio.to_thread(self._outbox.journal_many, Channel.DECISIONS, [e for _, e, _ in pending])
+            except BaseException as error:
+                failure = error if isinstance(error, Exception) else RuntimeError("decision commit was interrupted")
+                for _, _, future in pending:
+                    if not future.done():
+                        future.set_exception(failure)
+                raise
+            for _, _, future in pending:
                 if not future.done():
-                    future.set_exception(failure)
-            raise
-        for _, future in pending:
-            if not future.done():
-                future.set_result(None)
-        self._decision_wake.set()
+                    future.set_result(None)
+        if not self._decision_fsync:
+            return await self.move_decisions()
+        if not self._journal_moved:  # power mode: once, what an earlier process-mode run left
+            await self.move_decisions()
+            self._journal_moved = True
+        if pending:
+            self._decision_wake.set()
         return len(pending)
+
+    async def move_decisions(self) -> int:
+        """Move journaled decisions into outbox batches (``sync.batch.maxSize`` each, by size too)."""
+        moved = await asyncio.to_thread(
+            self._outbox.move_journal, Channel.DECISIONS, self._config.sync.batch.max_size, self._item_budget
+        )
+        if moved:
+            self._decision_wake.set()
+        return moved
+
+    async def sync_decisions(self) -> bool:
+        """``process`` mode: make the journaled decisions survive a power loss (a checkpoint and an fsync)."""
+        return await asyncio.to_thread(self._outbox.sync)
 
     # --- drains ---------------------------------------------------------------------
 
@@ -579,6 +652,9 @@ class SyncEngine:
             loop.create_task(self._periodic(Channel.VECTORS), name="sync-vectors"),
             loop.create_task(self._periodic(Channel.EPISODES), name="sync-episodes"),
         ]
+        if not self._decision_fsync:
+            self._tasks.append(loop.create_task(self._decision_sync_loop(), name="decision-sync"))
+        self._decision_arrived.set()  # move what a previous run left in the journal
 
     async def stop(self) -> None:
         """Stop the loops and commit buffered decisions (nothing recorded is left in memory)."""
@@ -589,6 +665,7 @@ class SyncEngine:
                 await task
         self._tasks = []
         await self.commit_decisions()
+        await self.sync_decisions()
 
     async def _session_loop(self) -> None:
         interval = self._intervals[Channel.SESSIONS]
@@ -611,10 +688,24 @@ class SyncEngine:
             await self.drain(Channel.SESSIONS)
 
     async def _decision_writer(self) -> None:
+        # Also moves what a previous run journaled (set at start).
         while True:
             await self._decision_arrived.wait()
+            if not self._decision_fsync and not self._decision_buffer:
+                # process mode: the callers were answered already; linger so that a batch gathers many
+                # decisions. A decision waiting in the buffer (the outbox was busy) cuts it short.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_DECISION_LINGER):
+                        await self._decision_buffered.wait()
             self._decision_arrived.clear()
+            self._decision_buffered.clear()
             await self._guard(self.commit_decisions())
+
+    async def _decision_sync_loop(self) -> None:
+        # process mode: bound what a power loss can take to one decisionSyncInterval.
+        while True:
+            await asyncio.sleep(self._decision_sync_every)
+            await self._guard(self.sync_decisions())
 
     async def _decision_loop(self) -> None:
         # Woken by new decisions; also every flushInterval, so that decisions left queued after a
@@ -670,6 +761,22 @@ def _split_by_bytes(items: list[JsonDict], max_bytes: int) -> list[list[JsonDict
             current, size = [], 0
         current.append(item)
         size += item_size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _chunks(pending: list[_Pending], max_items: int, max_bytes: int) -> list[list[_Pending]]:
+    """Buffered decisions cut into batches of at most ``max_items`` and ``max_bytes`` encoded."""
+    chunks: list[list[_Pending]] = []
+    current: list[_Pending] = []
+    used = 0
+    for entry in pending:
+        if current and (len(current) >= max_items or used + len(entry[1]) > max_bytes):
+            chunks.append(current)
+            current, used = [], 0
+        current.append(entry)
+        used += len(entry[1])
     if current:
         chunks.append(current)
     return chunks

@@ -9,8 +9,9 @@ serviceAccount, mtls) are in ``interceptors.authenticators``.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from grpc import aio
@@ -27,10 +28,16 @@ TENANT_ID_HEADER = "x-aeterna-tenant-id"
 
 
 class Authenticator(Protocol):
-    """Maps call metadata (and the peer's TLS context) to an identity, or raises Unauthenticated."""
+    """Maps call metadata (and the peer's TLS context) to an identity, or raises Unauthenticated.
 
-    def authenticate(self, metadata: Sequence[tuple[str, str | bytes]], auth_context: dict[str, Any]) -> Identity:
-        """Return the caller's identity or raise ``Unauthenticated``."""
+    ``authenticate`` may be a coroutine (an ``async def``): authenticators that
+    fetch keys or ask another service do so without blocking the event loop.
+    """
+
+    def authenticate(
+        self, metadata: Sequence[tuple[str, str | bytes]], auth_context: dict[str, Any]
+    ) -> Identity | Awaitable[Identity]:
+        """Return (or resolve to) the caller's identity, or raise ``Unauthenticated`` (``Unavailable``)."""
         ...
 
 
@@ -66,7 +73,8 @@ class _AuthHooks(PassThrough):
         metadata = tuple(context.invocation_metadata() or ())
         auth_context = dict(context.auth_context())
         try:
-            identity = self._authenticator.authenticate(metadata, auth_context)
+            found = self._authenticator.authenticate(metadata, auth_context)
+            identity = await found if inspect.isawaitable(found) else found
             for check in self._checks:
                 check(identity, auth_context)
         except AeternaError as error:

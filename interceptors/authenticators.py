@@ -6,12 +6,17 @@ Each maps a call's metadata (and TLS auth context) to an ``Identity`` or raises
 * ``apiKey``: ``authorization: Bearer sk-...``. Only SHA-256 hashes are kept;
   the presented key is hashed and looked up (a lookup by a hash of a secret
   leaks nothing an attacker can use, so no constant-time scan is needed).
-* ``oauth2``: a JWT (RS256/ES256) verified against a JWKS file: signature,
-  ``iss``, ``aud``, ``exp``, ``nbf`` with ``jwt.clockSkew`` leeway. The agent
-  id comes from ``jwt.agentIdClaim`` (default ``sub``), the tenant from
-  ``jwt.tenantClaim``, scopes from ``scope``/``scp``.
+* ``oauth2``: a JWT (RS256/ES256) verified against the issuer's keys:
+  signature, ``iss``, ``aud``, ``exp``, ``nbf`` with ``jwt.clockSkew`` leeway.
+  The keys come from one of: a JWKS file (``jwt.jwksFile``, reloaded when it
+  changes), a JWKS URL (``jwt.jwksUrl``) or OIDC discovery (``jwt.oidcDiscovery``
+  / ``jwt.discoveryUrl``), fetched, cached and rotated by
+  ``aeterna_security.jwks``. The agent id comes from ``jwt.agentIdClaim``
+  (default ``sub``), the tenant from ``jwt.tenantClaim``, scopes from ``scope``/``scp``.
 * ``serviceAccount``: a Kubernetes projected token, verified like the above
-  against the cluster issuer's JWKS; the subject
+  against the cluster issuer's keys (``serviceAccount.verification: jwks``,
+  the default) or by the API server itself (``tokenReview``, see
+  ``aeterna_security.tokenreview``); the subject
   ``system:serviceaccount:<namespace>:<name>`` maps to an agent through
   ``sync.auth.serviceAccount.subjects`` (value ``agent`` or ``tenant/agent``);
   when that map is empty the agent id is ``<name>`` in the default tenant,
@@ -19,6 +24,12 @@ Each maps a call's metadata (and TLS auth context) to an ``Identity`` or raises
 * ``mtls``: the verified client certificate's subject CN is the agent id, its
   OU the tenant (see ``certs.create_client_cert``).
 * ``none``: development only, the caller names itself.
+
+The JWT and TokenReview authenticators are coroutines (``authenticate`` is
+``async``): fetching keys or asking the API server must not block the event
+loop; the interceptor awaits whatever ``authenticate`` returns. Their remote
+sources are built, and checked once, when the chain is built: a discovery
+document naming another issuer stops the start with a ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -30,13 +41,16 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 import yaml
 
 from aeterna_security.identity import Identity
+from aeterna_security.jwks import RemoteJwks
 from aeterna_security.tls import identity_from_certificate, peer_certificate_pem
+from aeterna_security.tokenreview import TokenReviewer
+from aeterna_shared.config.loader import ConfigError
 from aeterna_shared.config.model import AuthConfig, JwtVerification
 from aeterna_shared.errors import InvalidArgument, Unauthenticated
 from interceptors.auth import Authenticator, DevelopmentAuthenticator
@@ -137,6 +151,14 @@ _JWT_REASONS: tuple[tuple[type[Exception], str, str], ...] = (
 )
 
 
+class SigningKeys(Protocol):
+    """Where a token's verification key comes from: a JWKS file (``JwksKeys``) or a URL (``RemoteJwks``)."""
+
+    async def key_for(self, kid: str | None) -> jwt.PyJWK:
+        """The key named ``kid``; ``Unauthenticated(UNKNOWN_SIGNING_KEY)`` or ``Unavailable`` otherwise."""
+        ...
+
+
 class JwksKeys:
     """The keys of a JWKS file, reloaded when the file changes (key rotation)."""
 
@@ -145,7 +167,7 @@ class JwksKeys:
         self._mtime_ns = -1
         self._keys: dict[str, jwt.PyJWK] = {}
 
-    def key_for(self, kid: str | None) -> jwt.PyJWK:
+    async def key_for(self, kid: str | None) -> jwt.PyJWK:
         """The key with ``kid`` (or the only key when the token names none)."""
         self._reload_if_changed()
         if kid is not None and kid in self._keys:
@@ -181,7 +203,7 @@ class JwtRules:
     algorithms: tuple[str, ...]
 
 
-def verify_jwt(token: str, keys: JwksKeys, rules: JwtRules) -> dict[str, Any]:
+async def verify_jwt(token: str, keys: SigningKeys, rules: JwtRules) -> dict[str, Any]:
     """Verify ``token`` and return its claims; ``Unauthenticated`` with a precise reason otherwise."""
     try:
         header = jwt.get_unverified_header(token)
@@ -189,7 +211,7 @@ def verify_jwt(token: str, keys: JwksKeys, rules: JwtRules) -> dict[str, Any]:
         raise Unauthenticated("the token is not a JWT", reason="INVALID_TOKEN") from None
     if header.get("alg") not in rules.algorithms:
         raise Unauthenticated("the token's algorithm is not accepted", reason="BAD_TOKEN_ALGORITHM")
-    key = keys.key_for(header.get("kid"))
+    key = await keys.key_for(header.get("kid"))
     required = ["exp", "aud", "sub"] + (["iss"] if rules.issuer else [])
     try:
         claims: dict[str, Any] = jwt.decode(
@@ -218,10 +240,23 @@ def _rules(verification: JwtVerification) -> JwtRules:
     )
 
 
-def _jwks(auth: AuthConfig) -> JwksKeys:
+def signing_keys(auth: AuthConfig) -> SigningKeys:
+    """The key source ``sync.auth.jwt`` names: a JWKS URL or discovery (checked once now), else a JWKS file.
+
+    ``ConfigError`` when it names none (the model already refuses more than one).
+    """
+    remote = RemoteJwks.from_config(auth.jwt)
+    if remote is not None:
+        remote.prime()
+        return remote
     path = auth.jwt.jwks_file
     if not path:
-        raise InvalidArgument(f"sync.auth.method {auth.method} needs sync.auth.jwt.jwksFile", reason="INVALID_CONFIG")
+        what = "sync.auth.method oauth2" if auth.method == "oauth2" else "sync.auth.serviceAccount.verification jwks"
+        raise ConfigError(
+            f"invalid configuration: {what} needs the keys tokens are signed with: set sync.auth.jwt.jwksUrl, "
+            "sync.auth.jwt.oidcDiscovery (with sync.auth.jwt.issuer) or sync.auth.jwt.jwksFile"
+            + ("" if auth.method == "oauth2" else ", or sync.auth.serviceAccount.verification: tokenReview")
+        )
     return JwksKeys(Path(path))
 
 
@@ -235,11 +270,11 @@ def _scopes(claims: Mapping[str, Any]) -> frozenset[str]:
 
 
 class OAuth2Authenticator:
-    """Verifies client-credentials JWTs against a JWKS file."""
+    """Verifies client-credentials JWTs against the issuer's keys (a JWKS file, URL or OIDC discovery)."""
 
     def __init__(
         self,
-        keys: JwksKeys,
+        keys: SigningKeys,
         rules: JwtRules,
         *,
         agent_claim: str = "sub",
@@ -252,9 +287,9 @@ class OAuth2Authenticator:
         self._tenant_claim = tenant_claim
         self._region_claim = region_claim
 
-    def authenticate(self, metadata: Sequence[tuple[str, str | bytes]], auth_context: dict[str, Any]) -> Identity:
+    async def authenticate(self, metadata: Sequence[tuple[str, str | bytes]], auth_context: dict[str, Any]) -> Identity:
         """Verify the bearer JWT and build the identity from its claims."""
-        claims = verify_jwt(bearer_token(metadata), self._keys, self._rules)
+        claims = await verify_jwt(bearer_token(metadata), self._keys, self._rules)
         agent = claims.get(self._agent_claim)
         if not isinstance(agent, str) or not agent:
             raise Unauthenticated(f"the token lacks the {self._agent_claim!r} claim", reason="MISSING_CLAIM")
@@ -271,7 +306,7 @@ class OAuth2Authenticator:
         """From ``sync.auth.jwt``."""
         verification = auth.jwt
         return cls(
-            _jwks(auth),
+            signing_keys(auth),
             _rules(verification),
             agent_claim=verification.agent_id_claim,
             tenant_claim=verification.tenant_claim,
@@ -279,18 +314,48 @@ class OAuth2Authenticator:
         )
 
 
+class SubjectVerifier(Protocol):
+    """Verifies a service-account token and returns its subject (``system:serviceaccount:<ns>:<name>``)."""
+
+    async def subject(self, token: str) -> str:
+        """The token's subject; ``Unauthenticated`` or ``Unavailable`` otherwise."""
+        ...
+
+
+class JwksSubjects:
+    """``verification: jwks``: the token's signature and claims, checked against the cluster issuer's keys."""
+
+    def __init__(self, keys: SigningKeys, rules: JwtRules) -> None:
+        self._keys = keys
+        self._rules = rules
+
+    async def subject(self, token: str) -> str:
+        """The ``sub`` claim of the verified token."""
+        claims = await verify_jwt(token, self._keys, self._rules)
+        return str(claims.get("sub", ""))
+
+
+class TokenReviewSubjects:
+    """``verification: tokenReview``: the Kubernetes API server reviews the token."""
+
+    def __init__(self, reviewer: TokenReviewer) -> None:
+        self._reviewer = reviewer
+
+    async def subject(self, token: str) -> str:
+        """The reviewed user name."""
+        return await self._reviewer.username(token)
+
+
 class ServiceAccountAuthenticator:
     """Verifies Kubernetes projected service-account tokens and maps the subject to an agent."""
 
-    def __init__(self, keys: JwksKeys, rules: JwtRules, subjects: Mapping[str, str]) -> None:
-        self._keys = keys
-        self._rules = rules
+    def __init__(self, verifier: SubjectVerifier, subjects: Mapping[str, str]) -> None:
+        self._verifier = verifier
         self._subjects = dict(subjects)
 
-    def authenticate(self, metadata: Sequence[tuple[str, str | bytes]], auth_context: dict[str, Any]) -> Identity:
+    async def authenticate(self, metadata: Sequence[tuple[str, str | bytes]], auth_context: dict[str, Any]) -> Identity:
         """Verify the token; the subject names the service account."""
-        claims = verify_jwt(bearer_token(metadata), self._keys, self._rules)
-        subject = str(claims.get("sub", ""))
+        subject = await self._verifier.subject(bearer_token(metadata))
         if not subject.startswith(SERVICE_ACCOUNT_PREFIX) or subject.count(":") != 3:
             raise Unauthenticated("the token's subject is not a service account", reason="NOT_A_SERVICE_ACCOUNT")
         name = subject.rsplit(":", 1)[1]
@@ -310,8 +375,14 @@ class ServiceAccountAuthenticator:
 
     @classmethod
     def from_config(cls, auth: AuthConfig) -> ServiceAccountAuthenticator:
-        """From ``sync.auth.jwt`` (the cluster issuer) and ``sync.auth.serviceAccount.subjects``."""
-        return cls(_jwks(auth), _rules(auth.jwt), auth.service_account.subjects)
+        """From ``sync.auth.serviceAccount`` (verification, subjects) and, for jwks, ``sync.auth.jwt``."""
+        service_account = auth.service_account
+        verifier: SubjectVerifier
+        if service_account.verification == "tokenReview":
+            verifier = TokenReviewSubjects(TokenReviewer.from_config(service_account.token_review, auth.jwt.audience))
+        else:
+            verifier = JwksSubjects(signing_keys(auth), _rules(auth.jwt))
+        return cls(verifier, service_account.subjects)
 
 
 class CertificateAuthenticator:

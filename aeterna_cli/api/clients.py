@@ -329,19 +329,24 @@ async def fetch_status(target: str, deadline_seconds: float, settings: ClientSet
 
 
 class StatusUnavailable(Exception):
-    """The target answered neither as an edge nor as central."""
+    """The target answered neither as an edge nor as central; ``error`` is the failed call."""
+
+    def __init__(self, error: grpc.RpcError) -> None:
+        super().__init__(f"{error.code().name}: {error.details()}")
+        self.error = error
 
 
-def status_of(target: str, timeout: float) -> dict[str, Any]:
+def status_of(target: str, settings: ClientSettings) -> dict[str, Any]:
     """The status of an edge, or of central when the target has no EdgeService.
 
     A central answers the edge's GetEdgeStatus with UNIMPLEMENTED; that is how
-    one command tells the two apart without asking the operator.
+    one command tells the two apart without asking the operator. ``settings``
+    are the command's connection (``aeterna_cli.connection.resolve``); each
+    call's deadline is ``settings.unary_timeout``.
     """
-    settings = development_settings("aeterna-status")
     try:
         try:
-            status = asyncio.run(fetch_status(target, timeout, settings))
+            status = asyncio.run(fetch_status(target, settings.unary_timeout, settings))
             status["role"] = "edge"
             return status
         except grpc.RpcError as error:
@@ -360,4 +365,4 @@ def status_of(target: str, timeout: float) -> dict[str, Any]:
         finally:
             client.close()
     except grpc.RpcError as error:
-        raise StatusUnavailable(f"{error.code().name}: {error.details()}") from None
+        raise StatusUnavailable(error) from None

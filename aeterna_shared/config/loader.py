@@ -33,7 +33,7 @@ from aeterna_shared.errors import AeternaError
 ENV_PREFIX = "AETERNA_"
 _PATH_SUFFIXES = ("_dir", "_file", "_path")
 # Variables with the prefix that are not key overrides.
-_RESERVED_ENV = frozenset({"AETERNA_CONFIG", "AETERNA_HOME"})
+_RESERVED_ENV = frozenset({"AETERNA_CONFIG", "AETERNA_HOME", "AETERNA_API_KEY"})
 
 
 class ConfigError(AeternaError):

@@ -119,6 +119,37 @@ class CentralServerEndpoint(Section):
         return self.url.startswith(("https://", "grpcs://"))
 
 
+class TokenReviewSettings(Section):
+    url: str = "https://kubernetes.default.svc"
+    """Central: the Kubernetes API server that answers TokenReviews (in-cluster address by default)."""
+    ca_file: str | None = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    """CA that signed the API server's certificate; unset: the system roots."""
+    token_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path, not a secret
+    """Central's own service-account token, presented to the API server (needs system:auth-delegator);
+    read at every review, so a rotated token applies."""
+    audiences: tuple[str, ...] = ()
+    """Audiences the reviewed token must be bound to; empty: [sync.auth.jwt.audience]."""
+    cache_ttl: Duration = timedelta(seconds=30)
+    """How long an accepted token stays accepted without another review (never beyond its exp);
+    the cache is keyed by a hash of the token. 0s: review every call."""
+    timeout: Duration = timedelta(seconds=5)
+    """Deadline of one TokenReview request."""
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError("must be an https:// URL (the API server is reached over TLS)")
+        return value.rstrip("/")
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be positive")
+        return value
+
+
 class ServiceAccountAuth(Section):
     name: str = "aeterna-edge-sync"
     """Kubernetes service account the edge runs as (chart)."""
@@ -129,11 +160,31 @@ class ServiceAccountAuth(Section):
     subjects: dict[str, str] = Field(default_factory=dict)
     """Central: subject (system:serviceaccount:<ns>:<name>) -> "agent" or "tenant/agent"; when set it is an
     allow-list, when empty the agent id is <name> in the default tenant."""
+    verification: Literal["jwks", "tokenReview"] = "jwks"
+    """Central: how service-account tokens are verified: jwks (signature against sync.auth.jwt's keys) or
+    tokenReview (the Kubernetes API server reviews each token; see tokenReview)."""
+    token_review: TokenReviewSettings = TokenReviewSettings()
+    """Central, verification tokenReview: the API server and central's own credentials for it."""
 
 
 class JwtVerification(Section):
     jwks_file: str | None = None
-    """JWKS (JSON) file of keys central trusts for OAuth2 or service-account JWTs."""
+    """JWKS (JSON) file of keys central trusts for OAuth2 or service-account JWTs (reloaded when it changes)."""
+    jwks_url: str | None = None
+    """https:// URL of the issuer's JWKS, fetched and cached (exclusive with jwksFile and discovery)."""
+    oidc_discovery: bool = False
+    """Find the JWKS through OIDC discovery: <issuer>/.well-known/openid-configuration, whose issuer must
+    equal `issuer`."""
+    discovery_url: str | None = None
+    """https:// URL of the OpenID configuration document when it is not under the issuer (implies discovery)."""
+    jwks_cache_ttl: Duration = timedelta(minutes=5)
+    """How long fetched keys are used before they are fetched again (in the background)."""
+    jwks_refresh_min_interval: Duration = timedelta(seconds=30)
+    """At most one extra fetch per interval for tokens naming an unknown kid (or after a failed fetch)."""
+    ca_file: str | None = None
+    """CA bundle for the IdP's HTTPS certificate (discovery and JWKS); unset: the system roots."""
+    fetch_timeout: Duration = timedelta(seconds=10)
+    """Deadline of one discovery or JWKS request."""
     issuer: str | None = None
     """Required `iss` claim."""
     audience: str = "aeterna-central"
@@ -148,6 +199,26 @@ class JwtVerification(Section):
     """Claim naming the tenant; absent means the default tenant."""
     region_claim: str = "region"
     """Claim naming the region; absent means unbound."""
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JwtVerification:
+        discovery = self.oidc_discovery or self.discovery_url is not None
+        if self.jwks_file and (self.jwks_url or discovery):
+            other = "jwksUrl" if self.jwks_url else ("discoveryUrl" if self.discovery_url else "oidcDiscovery")
+            raise ValueError(f"jwksFile and {other} are exclusive: central reads its keys from one place, set one")
+        if self.jwks_url and discovery:
+            other = "discoveryUrl" if self.discovery_url else "oidcDiscovery"
+            raise ValueError(f"jwksUrl and {other} are exclusive: discovery finds the JWKS URL itself, set one")
+        if discovery and not self.issuer:
+            raise ValueError("OIDC discovery (oidcDiscovery or discoveryUrl) needs issuer: the document must name it")
+        for key, url in (("jwksUrl", self.jwks_url), ("discoveryUrl", self.discovery_url)):
+            if url is not None and not url.startswith("https://"):
+                raise ValueError(f"{key} must be an https:// URL (keys fetched in the clear could be replaced)")
+        if self.oidc_discovery and not self.discovery_url and not str(self.issuer).startswith("https://"):
+            raise ValueError("oidcDiscovery needs an https:// issuer (or set discoveryUrl)")
+        if self.fetch_timeout <= timedelta(0):
+            raise ValueError("fetchTimeout must be positive")
+        return self
 
 
 class AuthConfig(Section):
@@ -386,6 +457,15 @@ class OfflineBehaviour(Section):
     """Queue decisions for replay on reconnect."""
     max_queue_size: int = Field(default=5000, ge=1)
     """Maximum queued decisions; overflow goes to the dead-letter store."""
+    decision_durability: Literal["process", "power"] = "process"
+    """Edge: what an answered Authorize's decision survives before it reaches central. ``process`` (default):
+    committed to the outbox's write-ahead log without an fsync before the answer, so it survives a crash or
+    SIGKILL of the edge process; a power loss or kernel crash can lose the decisions of the last
+    ``decisionSyncInterval``. ``power``: fsynced (group-committed) before the answer, so it also survives a
+    power loss, at the cost of an fsync in every answer's latency. Neither survives the loss of the disk."""
+    decision_sync_interval: Duration = Field(default=timedelta(seconds=1), gt=timedelta(0))
+    """Edge, ``decisionDurability: process``: how often decisions answered without an fsync are checkpointed and
+    fsynced; the most a power loss can take."""
     conflict_resolution: Literal["timestamp", "central", "manual"] = "timestamp"
     """Central: how replayed decisions that conflict with later ones are settled."""
     conflict_resolution_by_action: dict[str, Literal["timestamp", "central", "manual"]] = Field(default_factory=dict)
@@ -422,9 +502,26 @@ class QdrantCache(Section):
     """Which cached vectors are kept."""
 
 
+class QdrantHnsw(Section):
+    """The edge shard's HNSW graph and search beam: recall against latency (see docs/performance.md, Vectors)."""
+
+    ef: int = Field(default=96, ge=10, le=4096)
+    """Search beam (``hnsw_ef``): candidates kept while walking the graph. Wider finds more of the true top-k
+    (recall@10 0.97-0.99 at 64, 0.99 at 96 on 100k clustered 384-d vectors) and costs time, less than in proportion;
+    a search for more than ``ef`` results widens it to the limit."""
+    m: int = Field(default=16, ge=4, le=128)
+    """Graph links per vector, used when the index is (re)built: more links, better recall at the same beam,
+    more memory (about ``m`` × 8 bytes per vector) and a slower build."""
+    ef_construct: int = Field(default=100, ge=4, le=4096)
+    """Beam used while building the graph: a better graph for a slower build. Applies to indexes built
+    after a change; vectors already indexed keep their graph until the next optimize."""
+
+
 class QdrantSection(Section):
     cache: QdrantCache = QdrantCache()
     """Edge vector cache."""
+    hnsw: QdrantHnsw = QdrantHnsw()
+    """HNSW build and search parameters of the edge's vector shard."""
 
 
 class VectorDatabase(Section):
@@ -518,6 +615,14 @@ class TelemetrySection(Section):
     """Address the /metrics endpoint binds; 0.0.0.0 in a container so Prometheus can scrape it."""
     tracing_enabled: bool = True
     """Create OpenTelemetry spans for RPCs."""
+    otlp_endpoint: str | None = None
+    """OTLP/gRPC collector that receives the spans (``http://collector:4317`` plaintext, ``https://...`` TLS);
+    unset: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT``; none set: spans are not
+    exported. A value here wins over the variables."""
+    otlp_insecure: bool | None = None
+    """Plaintext to the collector; unset: ``OTEL_EXPORTER_OTLP_(TRACES_)INSECURE``, else by the endpoint's scheme."""
+    service_name: str | None = None
+    """``service.name`` of the spans; unset: ``OTEL_SERVICE_NAME``, else ``aeterna-central`` / ``aeterna-edge``."""
     log_format: Literal["json", "text"] = "json"
     """Log line format."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aeterna.sync.v1 import sync_pb2
@@ -12,13 +12,17 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from aeterna_shared.wire.validation import check_timestamp, json_of
 from central_svc.batches import Ack
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 def to_datetime(stamp: timestamp_pb2.Timestamp, present: bool = True, field: str = "timestamp") -> datetime | None:
     """A timezone-aware datetime, or None when the field is unset; INVALID_ARGUMENT when out of range."""
     if not present:
         return None
     check_timestamp(stamp, field)
-    return stamp.ToDatetime(tzinfo=UTC)
+    # ``stamp.ToDatetime(tzinfo=UTC)``, without its second range check and time zone conversion (a third
+    # of a session's translation at central): the same value, nanoseconds truncated to microseconds.
+    return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
 
 
 def to_timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from enum import IntEnum
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from aeterna.memory.v1 import memory_pb2
 from aeterna.policy.v1 import decision_pb2
@@ -13,16 +15,15 @@ from aeterna.sync.v1 import sync_pb2, sync_pb2_grpc
 from google.protobuf import struct_pb2
 from grpc import aio
 
-from aeterna_security.identity import current_identity
+from aeterna_security.identity import Identity, current_identity
 from aeterna_security.keys import SigningKeyring
 from aeterna_shared import limits
 from aeterna_shared.config.model import SyncConfig
 from aeterna_shared.errors import InvalidArgument
-from aeterna_shared.wire.canonical import session_checksum
 from central_svc import page_tokens
 from central_svc.admission import AdmissionRules, admit
 from central_svc.api.convert import batch_ack, json_struct, struct_json, to_datetime, to_timestamp
-from central_svc.batches import Ack, Channel, check_incarnation_id
+from central_svc.batches import Ack, BatchMeta, Channel, check_incarnation_id
 from central_svc.deps import CentralDeps
 from central_svc.episodes import EpisodeFilter, EpisodeRecord
 from central_svc.replay import ConflictRecord, ConflictState, DecisionRecord, Resolution
@@ -33,6 +34,9 @@ _E = TypeVar("_E", bound=IntEnum)
 _T = TypeVar("_T")
 
 Context = aio.ServicerContext[Any, Any]
+
+_SessionBatch = tuple[Identity, BatchMeta, list[SessionRecord], list[SessionAppendRecord]]
+"""A session batch ready for ``SessionSync.ingest``: the caller, the admitted header and the items."""
 
 
 class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
@@ -59,25 +63,34 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
     async def SyncSessions(
         self, request_iterator: AsyncIterator[sync_pb2.SyncSessionsRequest], context: Context
     ) -> AsyncIterator[sync_pb2.SyncSessionsResponse]:
-        """One ack per batch, in arrival order."""
-        async for request in request_iterator:
-            identity = current_identity()
-            meta = admit(
-                request, identity, Channel.SESSIONS, len(request.sessions) + len(request.appends), self._admission
-            )
-            records = [
-                SessionRecord(**_session_item(s, f"sessions[{index}]", s.state, "state"))
-                for index, s in enumerate(request.sessions)
-            ]
-            appends = [
-                SessionAppendRecord(
-                    **_session_item(a, f"appends[{index}]", a.state_patch, "state_patch"),
-                    message_ids=tuple(m.message_id for m in a.messages),
-                )
-                for index, a in enumerate(request.appends)
-            ]
+        """One ack per batch, in arrival order; batches are written one after the other.
+
+        While a batch is written, the next one is read, admitted (signature,
+        digest) and translated into records in a worker thread, so that the CPU
+        work of batch k+1 overlaps the database round trips of batch k. A batch
+        refused at admission still ends the stream only after every batch before
+        it was written and acknowledged.
+        """
+        async for identity, meta, records, appends in read_ahead(request_iterator, self._prepare_sessions):
             ack = await self._deps.sessions.ingest(meta, identity.tenant_id, records, appends)
             yield sync_pb2.SyncSessionsResponse(ack=self._ack(ack, Channel.SESSIONS))
+
+    def _prepare_sessions(self, request: sync_pb2.SyncSessionsRequest) -> _SessionBatch:
+        """Admission and translation of one session batch (runs in a worker thread; raises what ``admit`` raises)."""
+        identity = current_identity()
+        meta = admit(request, identity, Channel.SESSIONS, len(request.sessions) + len(request.appends), self._admission)
+        records = [
+            SessionRecord(**_session_item(s, f"sessions[{index}]", s.state, "state"))
+            for index, s in enumerate(request.sessions)
+        ]
+        appends = [
+            SessionAppendRecord(
+                **_session_item(a, f"appends[{index}]", a.state_patch, "state_patch"),
+                message_ids=tuple(m.message_id for m in a.messages),
+            )
+            for index, a in enumerate(request.appends)
+        ]
+        return identity, meta, records, appends
 
     async def GetSession(self, request: sync_pb2.GetSessionRequest, context: Context) -> sync_pb2.GetSessionResponse:
         """Tenant-scoped read."""
@@ -378,6 +391,7 @@ def _session_item(
     item: memory_pb2.Session | sync_pb2.SessionAppend, field: str, state: struct_pb2.Struct, state_field: str
 ) -> dict[str, Any]:
     """The fields a whole session and an append share, for their domain records."""
+    data, computed_checksum = encoded_with_checksum(item)
     return {
         "session_id": item.session_id,
         "user_id": item.user_id,
@@ -385,9 +399,9 @@ def _session_item(
             item.last_activity_time, item.HasField("last_activity_time"), f"{field}.last_activity_time"
         ),
         "checksum": item.checksum,
-        "computed_checksum": session_checksum(item),
+        "computed_checksum": computed_checksum,
         "claimed_tenant_id": item.tenant_id,
-        "data": item.SerializeToString(deterministic=True),
+        "data": data,
         "problem": limits.problem_of(
             limits.validate_session_item,
             session_id=item.session_id,
@@ -398,3 +412,62 @@ def _session_item(
             state_field=state_field,
         ),
     }
+
+
+def encoded_with_checksum(item: memory_pb2.Session | sync_pb2.SessionAppend) -> tuple[bytes, str]:
+    """The item's deterministic encoding (stored as is) and ``session_checksum(item)``, without copying it.
+
+    ``session_checksum`` hashes the encoding with ``checksum`` and ``tenant_id``
+    cleared; it copies the message to clear them. The item here belongs to the
+    request being handled, so they are cleared in place and put back, and when
+    both are empty the stored encoding is the canonical one already.
+    """
+    data = item.SerializeToString(deterministic=True)
+    checksum, tenant_id = item.checksum, item.tenant_id
+    if not checksum and not tenant_id:
+        return data, hashlib.sha256(data).hexdigest()
+    item.checksum = ""
+    item.tenant_id = ""
+    try:
+        canonical = item.SerializeToString(deterministic=True)
+    finally:
+        item.checksum = checksum
+        item.tenant_id = tenant_id
+    return data, hashlib.sha256(canonical).hexdigest()
+
+
+_Prepared = TypeVar("_Prepared")
+_Request = TypeVar("_Request")
+
+
+async def read_ahead(
+    requests: AsyncIterator[_Request], prepare: Callable[[_Request], _Prepared]
+) -> AsyncIterator[_Prepared]:
+    """``prepare(request)`` for every request of a stream, in order, one request ahead of the caller.
+
+    The next request is read and prepared (in a worker thread, with the
+    caller's context: the identity the interceptors set) while the caller
+    handles the current one; what ``prepare`` raised is raised when the caller
+    gets to that request. At most one request is read ahead.
+    """
+
+    async def following() -> tuple[bool, _Prepared | None]:
+        try:
+            request = await anext(requests)
+        except StopAsyncIteration:
+            return False, None
+        return True, await asyncio.to_thread(prepare, request)
+
+    pending = asyncio.ensure_future(following())
+    try:
+        while True:
+            more, prepared = await pending
+            if not more:
+                return
+            pending = asyncio.ensure_future(following())
+            yield cast("_Prepared", prepared)
+    finally:
+        if not pending.done():
+            pending.cancel()
+            # A request the caller will never get: its outcome (even an error) is of no interest.
+            pending.add_done_callback(lambda task: task.cancelled() or task.exception())

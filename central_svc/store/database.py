@@ -16,21 +16,30 @@ Every store entry point runs its statements inside ``Database.connection()`` or
   sends it again.
 * Any other psycopg error (a constraint, a syntax error) is a bug: it is left
   alone, and the RPC error mapping answers INTERNAL and logs it.
+
+Every pooled connection knows pgvector's ``vector`` type (``pgvector.psycopg``,
+registered when the pool opens the connection), so embeddings travel as numpy
+float32 arrays in pgvector's binary form both ways: no text literal is built
+or parsed per component, and a float32 arrives exactly as it was stored.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psycopg
+from pgvector.psycopg import register_vector_async
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from aeterna_shared.errors import InvalidArgument, Unavailable
 from central_svc.ports import Transaction
 from central_svc.store.urls import psycopg_conninfo
+
+_log = logging.getLogger(__name__)
 
 Connection = AsyncConnection[tuple[Any, ...]]
 """A pooled connection, as the stores use it."""
@@ -75,6 +84,20 @@ def connection_of(transaction: Transaction) -> Connection:
     return transaction
 
 
+async def _register_vector(connection: Connection) -> None:
+    """Teach a new pooled connection pgvector's types (binary dumpers/loaders for numpy arrays and ``Vector``).
+
+    The migrations create the extension before central opens its pool, so the
+    type is there; without it (a database nobody migrated) the connection
+    stays usable for everything but vectors rather than being refused forever
+    by the pool, and a vector statement then fails loudly.
+    """
+    try:
+        await register_vector_async(connection)
+    except psycopg.ProgrammingError as error:  # pgvector's "vector type not found in the database"
+        _log.warning("central's database has no pgvector type; vector statements will fail: %s", error)
+
+
 class Database:
     """An async psycopg pool on central's database.
 
@@ -88,7 +111,12 @@ class Database:
         """For connections that hold session state (LISTEN, advisory locks): never through a
         transaction-pooling PgBouncer (``postgresql.directUrl``)."""
         self._pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
-            self.conninfo, min_size=1, max_size=max_size, open=False, kwargs={"autocommit": True}
+            self.conninfo,
+            min_size=1,
+            max_size=max_size,
+            open=False,
+            kwargs={"autocommit": True},
+            configure=_register_vector,
         )
 
     async def open(self) -> None:

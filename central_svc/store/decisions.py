@@ -1,4 +1,13 @@
-"""PostgreSQL adapter of ``DecisionStore``: the ``decisions`` log and the ``conflicts`` review queue."""
+"""PostgreSQL adapter of ``DecisionStore``: the ``decisions`` log and the ``conflicts`` review queue.
+
+A replayed batch costs two round trips here (the ledger runs it in pipeline
+mode, see ``PostgresBatchLedger.run``): ``hold`` sends the advisory locks of
+the batch's resources, the query for ids already in the log and the query for
+the effective decisions in one go; ``write`` sends the insert, the superseded
+marks and the review items without waiting, so they travel with the ledger's
+bookkeeping. Column arrays go in PostgreSQL's binary format (``%b``): parsing
+text array literals cost the server as much as the insert itself.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +15,13 @@ from datetime import datetime
 from typing import Any
 
 from central_svc.ports import Transaction
-from central_svc.replay import ConflictRecord, ConflictState, DecisionWrites, Effective, Resolution, Status
+from central_svc.replay import ConflictRecord, ConflictState, DecisionWrites, Effective, Held, Resolution, Status
 from central_svc.store.database import Connection, Database, connection_of
 
 _INSERT = """
 INSERT INTO decisions (decision_id, tenant_id, agent_id, resource, decide_time, status, data)
 SELECT u.id, %(tenant)s, %(agent)s, u.resource, u.t, u.status, u.data
-FROM unnest(%(ids)s::text[], %(resources)s::text[], %(times)s::timestamptz[], %(statuses)s::text[], %(data)s::bytea[])
+FROM unnest(%(ids)b::text[], %(resources)b::text[], %(times)b::timestamptz[], %(statuses)b::text[], %(data)b::bytea[])
      AS u (id, resource, t, status, data)
 ON CONFLICT (decision_id) DO NOTHING
 """
@@ -57,7 +66,7 @@ async def _lock_resources(connection: Connection, tenant_id: str, resources: lis
         return
     await connection.execute(
         "SELECT count(pg_advisory_xact_lock(%s, k.h)) FROM"
-        " (SELECT DISTINCT hashtext(%s || '/' || r) AS h FROM unnest(%s::text[]) AS r ORDER BY h) AS k",
+        " (SELECT DISTINCT hashtext(%s || '/' || r) AS h FROM unnest(%b::text[]) AS r ORDER BY h) AS k",
         (_RESOURCE_LOCK_SPACE, tenant_id, resources),
     )
 
@@ -68,32 +77,32 @@ class PostgresDecisionStore:
     def __init__(self, database: Database) -> None:
         self._database = database
 
-    async def existing(self, transaction: Transaction, ids: list[str]) -> set[str]:
-        """Ids already in the log."""
-        if not ids:
-            return set()
-        cursor = await connection_of(transaction).execute(
-            "SELECT decision_id FROM decisions WHERE decision_id = ANY(%s)", (ids,)
-        )
-        return {row[0] for row in await cursor.fetchall()}
+    async def hold(self, transaction: Transaction, tenant_id: str, ids: list[str], resources: list[str]) -> Held:
+        """Lock the resources, then read which ids the log holds and the effective decision per resource.
 
-    async def effective(self, transaction: Transaction, tenant_id: str, resources: list[str]) -> dict[str, Effective]:
-        """Effective decision per resource; concurrent replays on a resource serialize on an advisory lock."""
-        if not resources:
-            return {}
+        One round trip in pipeline mode: the lock statement and both queries are
+        sent together; PostgreSQL runs the queries after the locks are granted,
+        each with a snapshot taken then, so they see what a concurrent replay on
+        these resources committed.
+        """
+        if not ids:
+            return Held(set(), {})
         connection = connection_of(transaction)
         await _lock_resources(connection, tenant_id, resources)
-        cursor = await connection.execute(
+        known = await connection.execute(
+            "SELECT decision_id FROM decisions WHERE decision_id = ANY(%b::text[])", (ids,)
+        )
+        effective = await connection.execute(
             "SELECT resource, decision_id, decide_time FROM decisions"
-            " WHERE tenant_id = %s AND resource = ANY(%s) AND status = 'effective' FOR UPDATE",
+            " WHERE tenant_id = %s AND resource = ANY(%b::text[]) AND status = 'effective' FOR UPDATE",
             (tenant_id, resources),
         )
         current: dict[str, Effective] = {}
-        for resource, decision_id, decide_time in await cursor.fetchall():
+        for resource, decision_id, decide_time in await effective.fetchall():
             held = current.get(resource)
             if held is None or held.decide_time < decide_time:
                 current[resource] = Effective(decision_id, decide_time)
-        return current
+        return Held({row[0] for row in await known.fetchall()}, current)
 
     async def write(self, transaction: Transaction, tenant_id: str, agent_id: str, writes: DecisionWrites) -> None:
         """Insert the decisions, supersede the old effective ones, open the review items."""
@@ -114,12 +123,12 @@ class PostgresDecisionStore:
             )
         if superseded:
             await connection.execute(
-                "UPDATE decisions SET status = %s WHERE decision_id = ANY(%s)", (Status.SUPERSEDED, superseded)
+                "UPDATE decisions SET status = %s WHERE decision_id = ANY(%b::text[])", (Status.SUPERSEDED, superseded)
             )
         if conflicts:
             await connection.execute(
                 "INSERT INTO conflicts (conflict_id, tenant_id, edge_decision_id, central_decision_id, state)"
-                " SELECT u.id::uuid, %s, u.edge, u.central, %s FROM unnest(%s::text[], %s::text[], %s::text[])"
+                " SELECT u.id::uuid, %s, u.edge, u.central, %s FROM unnest(%b::text[], %b::text[], %b::text[])"
                 " AS u (id, edge, central)",
                 (
                     tenant_id,

@@ -76,32 +76,89 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], str]] = [
         "Items moved to the dead-letter store (queue TTL expired, overflow, rejected).",
     ),
     (
-        "RPC errors by code",
+        "Auth failures",
         "timeseries",
         "ops",
         [
             (
-                f'sum by (method, code) (rate(aeterna_rpc_requests_total{{{SEL}, code!="OK"}}[{RATE}]))',
-                "{{method}} {{code}}",
+                f"sum by (method, reason) (rate(aeterna_rpc_auth_failures_total{{{SEL}}}[{RATE}]))",
+                "{{method}} {{reason}}",
             )
         ],
-        "Failed RPCs per second by method and gRPC status code.",
+        "Calls refused by authentication, by ErrorInfo reason (expired token, unknown key, pin mismatch...).",
+    ),
+    # The gRPC panels read the grpc-ecosystem series (go-grpc-prometheus names), as stock gRPC dashboards do.
+    (
+        "gRPC requests by method and code",
+        "timeseries",
+        "reqps",
+        [
+            (
+                f"sum by (grpc_service, grpc_method, grpc_code) (rate(grpc_server_handled_total{{{SEL}}}[{RATE}]))",
+                "{{grpc_service}}/{{grpc_method}} {{grpc_code}}",
+            )
+        ],
+        "Completed RPCs per second by method and status code (grpc_server_handled_total).",
     ),
     (
-        "RPC latency p50 / p99",
+        "gRPC error ratio",
+        "timeseries",
+        "percentunit",
+        [
+            (
+                "sum by (grpc_service, grpc_method) "
+                f'(rate(grpc_server_handled_total{{{SEL}, grpc_code!="OK"}}[{RATE}]))'
+                f" / sum by (grpc_service, grpc_method) (rate(grpc_server_handled_total{{{SEL}}}[{RATE}]))",
+                "{{grpc_service}}/{{grpc_method}}",
+            )
+        ],
+        "Share of completed RPCs that did not end OK, per method.",
+    ),
+    (
+        "gRPC errors by code",
+        "timeseries",
+        "reqps",
+        [
+            (
+                f'sum by (grpc_method, grpc_code) (rate(grpc_server_handled_total{{{SEL}, grpc_code!="OK"}}[{RATE}]))',
+                "{{grpc_method}} {{grpc_code}}",
+            )
+        ],
+        "Failed RPCs per second by method and gRPC status code (Go's spelling: Unauthenticated, Unavailable...).",
+    ),
+    (
+        "gRPC unary latency p50 / p99",
         "timeseries",
         "s",
         [
             (
-                f"histogram_quantile(0.5, sum by (le) (rate(aeterna_rpc_duration_seconds_bucket{{{SEL}}}[{RATE}])))",
-                "p50",
+                "histogram_quantile(0.5, sum by (le, grpc_method) "
+                f'(rate(grpc_server_handling_seconds_bucket{{{SEL}, grpc_type="unary"}}[{RATE}])))',
+                "p50 {{grpc_method}}",
             ),
             (
-                f"histogram_quantile(0.99, sum by (le) (rate(aeterna_rpc_duration_seconds_bucket{{{SEL}}}[{RATE}])))",
-                "p99",
+                "histogram_quantile(0.99, sum by (le, grpc_method) "
+                f'(rate(grpc_server_handling_seconds_bucket{{{SEL}, grpc_type="unary"}}[{RATE}])))',
+                "p99 {{grpc_method}}",
             ),
         ],
-        "Server-side RPC duration.",
+        "Server-side handling time of unary RPCs from the histogram buckets (a stream's is its whole lifetime).",
+    ),
+    (
+        "gRPC stream messages",
+        "timeseries",
+        "ops",
+        [
+            (
+                f'sum by (grpc_method) (rate(grpc_server_msg_received_total{{{SEL}, grpc_type!="unary"}}[{RATE}]))',
+                "received {{grpc_method}}",
+            ),
+            (
+                f'sum by (grpc_method) (rate(grpc_server_msg_sent_total{{{SEL}, grpc_type!="unary"}}[{RATE}]))',
+                "sent {{grpc_method}}",
+            ),
+        ],
+        "Messages per second on streaming RPCs (sync batches and acks, policy updates).",
     ),
 ]
 
@@ -135,7 +192,8 @@ def build() -> dict[str, Any]:
     return {
         "title": "Aeterna sync",
         "uid": "aeterna-sync",
-        "description": "Edge-to-central sync: queues, lag, batches, online edges, rate limiting, dead letters.",
+        "description": "Edge-to-central sync: queues, lag, batches, online edges, rate limiting, dead letters; "
+        "gRPC traffic from the standard grpc_server_* series.",
         "tags": ["aeterna", "grpc", "sync"],
         "schemaVersion": 39,
         "version": 1,
@@ -151,8 +209,8 @@ def build() -> dict[str, Any]:
                     "type": "query",
                     "label": "Namespace",
                     "datasource": {"type": "prometheus", "uid": "${datasource}"},
-                    "query": {"query": "label_values(aeterna_rpc_requests_total, namespace)", "refId": "ns"},
-                    "definition": "label_values(aeterna_rpc_requests_total, namespace)",
+                    "query": {"query": "label_values(grpc_server_handled_total, namespace)", "refId": "ns"},
+                    "definition": "label_values(grpc_server_handled_total, namespace)",
                     "includeAll": True,
                     "multi": True,
                     "allValue": ".*",

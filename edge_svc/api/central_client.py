@@ -32,6 +32,7 @@ from grpc_status import rpc_status
 from aeterna_client.channel import ClientSettings, open_channel
 from aeterna_shared.errors import AeternaError, AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from aeterna_shared.wire.canonical import sign_batch
+from edge_svc import trace_context
 from edge_svc.api import codec
 from edge_svc.records import (
     Ack,
@@ -204,7 +205,15 @@ class GrpcCentral:
             return []
         floor = batches[0].sequence
         if channel is Channel.SESSIONS:
-            return await self._stream(self._sync.SyncSessions, [self._sessions_request(b, floor) for b in batches])
+            # In the trace of the writes that made these sessions dirty (``edge_svc.trace_context``).
+            items = [item for batch in batches for item in batch.items]
+            with trace_context.sending(
+                "aeterna.edge.sync sessions",
+                items,
+                **{"aeterna.sync.batches": len(batches), "aeterna.sync.items": len(items)},
+            ):
+                requests = [self._sessions_request(b, floor) for b in batches]
+                return await self._stream(self._sync.SyncSessions, requests)
         if channel is Channel.VECTORS:
             return await self._stream(self._sync.SyncVectors, [self._vectors_request(b, floor) for b in batches])
         acks: list[Ack] = []
@@ -241,6 +250,10 @@ class GrpcCentral:
                 if reply is aio.EOF:
                     break
                 acks.append(_ack(reply.ack))
+            if len(acks) == len(requests):
+                # Read the end of the stream as well: the call ends OK on both sides (its spans and
+                # metrics say so) instead of being cancelled under central's last write.
+                await call.read()
         except aio.AioRpcError as error:
             if not acks:
                 raise refusal_of(error) or error from None

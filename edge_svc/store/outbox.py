@@ -15,6 +15,20 @@ row's ``detail``.
 All methods are synchronous and guarded by one lock; async callers run them
 with ``asyncio.to_thread`` so that fsyncs never stall the event loop.
 
+The journal is the one exception to both rules, for answers that must not
+wait for a disk or a thread (``aeterna.offline.decisionDurability: process``).
+``journal`` is called on the event loop: one INSERT into the ``journal`` table
+through a connection of its own with ``synchronous=NORMAL`` and no automatic
+checkpoint, so when it returns the row is in the write-ahead log, in the OS
+page cache: it survives a crash or SIGKILL of this process, not yet a power
+loss or kernel crash. It never waits: when another commit holds SQLite's write
+lock it returns False and the caller uses ``journal_many`` in a thread.
+``move_journal`` (in a thread) turns journaled items into ordinary batches,
+removing them from the journal in the same transaction, so each is queued
+exactly once whatever crashes when. ``sync`` bounds what a power loss can
+take: a checkpoint and an fsync of the log from a third connection (commits go
+on meanwhile); any later fsynced commit also makes the journal durable.
+
 Library errors are mapped here, at the adapter: a database SQLite cannot read
 or write now (disk full, locked, read-only, gone) raises the project's own
 ``Unavailable`` (reason ``OUTBOX_UNAVAILABLE``) after the transaction was
@@ -27,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -62,6 +77,12 @@ CREATE TABLE IF NOT EXISTS channels (
 CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS journal (
+    id      INTEGER PRIMARY KEY,
+    channel TEXT    NOT NULL,
+    created REAL    NOT NULL,
+    item    TEXT    NOT NULL
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -99,6 +120,19 @@ def _mapped(what: str) -> Iterator[None]:
         raise Unavailable(UNAVAILABLE_MESSAGE, reason="OUTBOX_UNAVAILABLE", retry_after=1.0) from error
 
 
+_BUSY_TIMEOUT_MS = 5000
+"""How long a write waits for SQLite's write lock held by another connection (a commit, the ``aeterna`` CLI)."""
+_MOVE_BATCHES = 64
+"""Batches ``move_journal`` makes per transaction (a long journal moves in several)."""
+_BATCH_WINDOW = 1.0
+"""Seconds between the first and the last journaled item of one batch (its ``created`` is the first's)."""
+
+
+def _busy(error: sqlite3.OperationalError) -> bool:
+    """SQLite's write lock is held by another connection."""
+    return error.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 def _cannot_open(path: Path, error: sqlite3.OperationalError) -> Unavailable:
     """A database SQLite cannot open or set up (unreadable, read-only directory, locked, disk full)."""
     return Unavailable(
@@ -114,11 +148,22 @@ class SqliteOutbox:
     ) -> None:
         """``clock`` (wall-clock seconds) stamps batches and drives TTL expiry; tests inject a fake one."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         self._lock = threading.Lock()
         self._limits = limits
         self._clock = clock
+        self._held: dict[Channel, int] = {}
+        """Items queued per channel, as last counted (for ``_enforce_size``); cleared by every other write."""
+        self._data_version = -1
+        """SQLite's ``data_version`` when ``_held`` was counted: it changes when another connection commits."""
+        self._unsynced = False
+        """A journal commit (no fsync) happened since the last ``sync``."""
+        self._sync_lock = threading.Lock()
+        self._syncer: sqlite3.Connection | None = None
+        self._journal_lock = threading.Lock()
+        self._journal: sqlite3.Connection | None = None
         try:
-            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db = self._connect()
         except sqlite3.OperationalError as error:
             raise _cannot_open(path, error) from error
         try:
@@ -138,11 +183,15 @@ class SqliteOutbox:
                 )
                 (incarnation,) = self._db.execute("SELECT value FROM meta WHERE name = 'incarnation_id'").fetchone()
             self._add_detail_column()
+            self._journal = self._connect()
+            self._journal.execute("PRAGMA synchronous=NORMAL")
+            self._journal.execute("PRAGMA wal_autocheckpoint=0")
+            self._journal.execute("PRAGMA busy_timeout=0")
         except sqlite3.OperationalError as error:
-            self._db.close()
+            self._close_connections()
             raise _cannot_open(path, error) from error
         except BaseException:
-            self._db.close()
+            self._close_connections()
             raise
         self.incarnation_id: str = str(incarnation)
         """Identity of this outbox's database (``BatchHeader.incarnation_id``); empty for a pre-incarnation one."""
@@ -151,14 +200,22 @@ class SqliteOutbox:
     def _atomic(self) -> Iterator[None]:
         """One write transaction under the lock: BEGIN IMMEDIATE, the body, COMMIT; rolled back on any error."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            self._held.clear()  # any write but enqueue's may change what a channel holds
+            with self._begun():
                 yield
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
-                    self._db.execute("ROLLBACK")
-                raise
+
+    @contextlib.contextmanager
+    def _begun(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE, the body, COMMIT, with the lock held; rolled back (and the counts forgotten) on error."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._held.clear()
+            if self._db.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
+                self._db.execute("ROLLBACK")
+            raise
 
     @contextlib.contextmanager
     def _transaction(self, what: str) -> Iterator[None]:
@@ -179,28 +236,162 @@ class SqliteOutbox:
             if "detail" not in columns:
                 self._db.execute("ALTER TABLE dead_letters ADD COLUMN detail TEXT NOT NULL DEFAULT ''")
 
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(
+            str(self._path), check_same_thread=False, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000
+        )
+
+    def _close_connections(self) -> None:
+        with self._sync_lock:
+            if self._syncer is not None:
+                self._syncer.close()
+                self._syncer = None
+        with self._journal_lock:
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
+        self._db.close()  # the last one: closing checkpoints the log into the database and fsyncs it
+
     def close(self) -> None:
-        """Close the database (everything committed is already on disk)."""
+        """Close the database (the last connection's close checkpoints and fsyncs it: everything is on disk)."""
         with self._lock:
-            self._db.close()
+            self._close_connections()
 
     def enqueue(self, channel: Channel, items: Sequence[JsonDict]) -> OutboxBatch:
         """Commit one batch of ``items``; returns it with its sequence and batch id."""
         payload = json.dumps(list(items), separators=(",", ":")).encode()
+        with self._lock, _mapped("enqueue"), self._begun():
+            batch = self._insert(channel, payload, len(items), self._clock())
+            self._enforce_size(channel, len(items))
+        return OutboxBatch(channel, batch[0], batch[1], batch[2], list(items))
+
+    def _insert(self, channel: Channel, payload: bytes, count: int, created: float) -> tuple[int, str, float]:
+        """One batch, in the caller's transaction; (sequence, batch id, created)."""
         batch_id = str(uuid.uuid4())
-        created = self._clock()
-        with self._transaction("enqueue"):
-            (sequence,) = self._db.execute(
-                "SELECT next_sequence FROM channels WHERE channel = ?", (channel.value,)
-            ).fetchone()
-            self._db.execute(
-                "INSERT INTO batches(channel, sequence, batch_id, created, item_count, payload) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (channel.value, sequence, batch_id, created, len(items), payload),
-            )
-            self._db.execute("UPDATE channels SET next_sequence = ? WHERE channel = ?", (sequence + 1, channel.value))
-            self._enforce_size(channel)
-        return OutboxBatch(channel, int(sequence), batch_id, created, list(items))
+        (sequence,) = self._db.execute(
+            "UPDATE channels SET next_sequence = next_sequence + 1 WHERE channel = ? RETURNING next_sequence - 1",
+            (channel.value,),
+        ).fetchone()
+        self._db.execute(
+            "INSERT INTO batches(channel, sequence, batch_id, created, item_count, payload) VALUES (?, ?, ?, ?, ?, ?)",
+            (channel.value, sequence, batch_id, created, count, payload),
+        )
+        return int(sequence), batch_id, created
+
+    def journal(self, channel: Channel, item: str) -> bool:
+        """Commit one item (its compact JSON) to the journal without an fsync and without waiting.
+
+        For the event loop: False (nothing done) while another commit holds
+        SQLite's write lock; the caller then uses ``journal_many`` in a thread.
+        """
+        if not self._journal_lock.acquire(blocking=False):
+            return False
+        try:
+            with _mapped("journal"):
+                if self._journal is None:
+                    raise sqlite3.OperationalError("the outbox is closed")
+                try:
+                    self._journal.execute(
+                        "INSERT INTO journal(channel, created, item) VALUES (?, ?, ?)",
+                        (channel.value, self._clock(), item),
+                    )
+                except sqlite3.OperationalError as error:
+                    if _busy(error):
+                        return False
+                    raise
+        finally:
+            self._journal_lock.release()
+        self._unsynced = True
+        return True
+
+    def journal_many(self, channel: Channel, items: Sequence[str]) -> None:
+        """``journal`` for several items in one transaction, waiting for the write lock (run it in a thread)."""
+        with self._journal_lock, _mapped("journal"):
+            if self._journal is None:
+                raise sqlite3.OperationalError("the outbox is closed")
+            db = self._journal
+            db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    now = self._clock()
+                    db.executemany(
+                        "INSERT INTO journal(channel, created, item) VALUES (?, ?, ?)",
+                        [(channel.value, now, item) for item in items],
+                    )
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            finally:
+                db.execute("PRAGMA busy_timeout=0")
+        self._unsynced = True
+
+    def move_journal(self, channel: Channel, max_items: int, max_bytes: int) -> int:
+        """Turn the channel's journaled items into batches (at most ``max_items`` and ``max_bytes`` encoded each),
+        removing them from the journal in the same transaction; returns how many moved.
+
+        Commits without an fsync (what it moves was not fsynced either; ``sync``
+        is what bounds a power loss), so the write lock is held only briefly.
+        """
+        moved = 0
+        with self._lock, _mapped("move_journal"):
+            if self._db.execute("SELECT 1 FROM journal WHERE channel = ? LIMIT 1", (channel.value,)).fetchone() is None:
+                return 0
+            self._held.clear()
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                while True:
+                    with self._begun():
+                        rows = self._db.execute(
+                            "SELECT id, created, item FROM journal WHERE channel = ? ORDER BY id LIMIT ?",
+                            (channel.value, max_items * _MOVE_BATCHES),
+                        ).fetchall()
+                        for created, chunk in _chunks([(c, item) for _, c, item in rows], max_items, max_bytes):
+                            self._insert(channel, ("[" + ",".join(chunk) + "]").encode(), len(chunk), created)
+                        if rows:
+                            self._db.execute(
+                                "DELETE FROM journal WHERE channel = ? AND id <= ?", (channel.value, rows[-1][0])
+                            )
+                            self._enforce_size(channel, len(rows))
+                    moved += len(rows)
+                    if len(rows) < max_items * _MOVE_BATCHES:
+                        break
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
+        self._unsynced = True
+        return moved
+
+    def sync(self) -> bool:
+        """Make the journal's commits (no fsync) survive a power loss; returns whether there were any.
+
+        A passive checkpoint (it fsyncs the log, copies it into the database
+        and fsyncs that) and an fsync of the log, from a connection of its
+        own: commits go on meanwhile. Blocks on the disk: run it in a thread.
+        """
+        if not self._unsynced:
+            return False
+        with self._sync_lock, _mapped("sync"):
+            if not self._unsynced:
+                return False
+            self._unsynced = False  # a commit from now on sets it again and waits for the next sync
+            try:
+                if self._syncer is None:
+                    self._syncer = self._connect()
+                self._syncer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                # The checkpoint fsyncs the log only when it copies something; a reader in another
+                # process can hold it back. An fsync of the whole file covers every commit made so far.
+                with contextlib.suppress(FileNotFoundError):
+                    fd = os.open(f"{self._path}-wal", os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+            except BaseException:
+                self._unsynced = True
+                raise
+        return True
 
     def pending(self, channel: Channel, limit: int) -> list[OutboxBatch]:
         """The oldest ``limit`` batches of ``channel``, in sequence order."""
@@ -331,14 +522,29 @@ class SqliteOutbox:
                 moved += self._dead_letter(channel, "created < ?", (cutoff,), "expired")
         return moved
 
-    def _enforce_size(self, channel: Channel) -> None:
-        """Move the oldest batches out while the channel holds more items than allowed."""
+    def _enforce_size(self, channel: Channel, added: int) -> None:
+        """Move the oldest batches out while the channel holds more items than allowed (``added`` just came in).
+
+        The count is kept from one enqueue to the next, so a long queue (an
+        edge offline for hours) is not summed on every commit; it is counted
+        again after any other write, a rollback, or a commit by another
+        connection (``PRAGMA data_version``: the ``aeterna`` CLI requeueing).
+        """
         limit = self._limits[channel].max_items
+        (version,) = self._db.execute("PRAGMA data_version").fetchone()
+        if version != self._data_version:
+            self._held.clear()
+            self._data_version = version
+        held = self._held.get(channel)
+        if held is not None and held + added <= limit:
+            self._held[channel] = held + added
+            return
         while True:
             total, oldest = self._db.execute(
                 "SELECT COALESCE(SUM(item_count), 0), MIN(sequence) FROM batches WHERE channel = ?", (channel.value,)
             ).fetchone()
             if total <= limit or oldest is None:
+                self._held[channel] = int(total)
                 return
             self._dead_letter(channel, "sequence = ?", (oldest,), "overflow")
 
@@ -377,7 +583,8 @@ class SqliteOutbox:
         """Depth, dead letters and last sync of every channel."""
         with self._reading("stats"):
             rows = self._db.execute(
-                "SELECT c.channel, COALESCE(SUM(b.item_count), 0), COUNT(b.sequence), c.dead_letters, "
+                "SELECT c.channel, COALESCE(SUM(b.item_count), 0)"
+                " + (SELECT COUNT(*) FROM journal j WHERE j.channel = c.channel), COUNT(b.sequence), c.dead_letters, "
                 "c.acked_sequence, c.last_sync FROM channels c LEFT JOIN batches b ON b.channel = c.channel "
                 "GROUP BY c.channel ORDER BY c.channel"
             ).fetchall()
@@ -413,7 +620,7 @@ class SqliteOutbox:
                 self._db.execute("DELETE FROM dead_letters WHERE id = ?", (row_id,))
                 requeued += int(count)
             for name in {row[1] for row in rows}:
-                self._enforce_size(Channel(name))
+                self._enforce_size(Channel(name), 0)
         if requeued:
             _log.warning("outbox: %d dead-lettered items requeued by an operator", requeued)
         return requeued
@@ -448,6 +655,26 @@ class SqliteOutbox:
             DeadLetter(channel, int(q), str(b), float(c), list(json.loads(p)), str(r), str(d))
             for q, b, c, p, r, d in rows
         ]
+
+
+def _chunks(items: list[tuple[float, str]], max_items: int, max_bytes: int) -> list[tuple[float, list[str]]]:
+    """Journaled (created, encoded item) cut into batches: (created of the first, items), each of at most
+    ``max_items``, ``max_bytes`` encoded and ``_BATCH_WINDOW`` seconds of journaling (so TTL expiry stays per
+    batch what it is per item); an oversized item goes alone."""
+    chunks: list[tuple[float, list[str]]] = []
+    current: list[str] = []
+    first = used = 0.0
+    for created, item in items:
+        if current and (len(current) >= max_items or used + len(item) > max_bytes or created - first > _BATCH_WINDOW):
+            chunks.append((first, current))
+            current, used = [], 0.0
+        if not current:
+            first = created
+        current.append(item)
+        used += len(item)
+    if current:
+        chunks.append((first, current))
+    return chunks
 
 
 __all__ = [

@@ -5,6 +5,12 @@ string, so each point's id is a UUIDv5 of the vector id and the original id
 travels in the payload. Search hits carry ids, region, payload and time but
 not the embedding itself: agents rarely need it back and leaving it out keeps
 the local search path short.
+
+The HNSW graph (``m``, ``ef_construct``) and the search beam (``hnsw_ef``)
+come from ``qdrant.hnsw``: they trade recall for latency, and the defaults were
+chosen by measuring both on 100k clustered 384-d vectors (docs/performance.md,
+Vectors). ``query`` releases the GIL while it walks the graph, so the caller
+may run it in a worker thread without stalling the event loop's other work.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 
 import qdrant_edge as qe
 
+from aeterna_shared.config.model import QdrantHnsw
 from edge_svc.records import ScoredRecord, VectorRecord
 
 _NAMESPACE = uuid.UUID("6f1c1f52-5a51-4d7e-9a55-6a1f3f0e2b10")
@@ -28,15 +35,23 @@ def point_id(vector_id: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, vector_id))
 
 
-_HNSW_EF = 128
-
-
 class QdrantEdgeStore:
     """A Qdrant Edge shard holding the vectors this edge wrote or cached."""
 
-    def __init__(self, path: Path, dimension: int) -> None:
+    def __init__(self, path: Path, dimension: int, hnsw: QdrantHnsw | None = None) -> None:
+        hnsw = hnsw or QdrantHnsw()
         self._dimension = dimension
-        config = qe.EdgeConfig(vectors={_VECTOR_NAME: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine)})
+        self._ef = hnsw.ef
+        config = qe.EdgeConfig(
+            vectors={_VECTOR_NAME: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine)},
+            # Used by the next index build (optimize); a reopened shard keeps its built graph until then.
+            hnsw_config=qe.HnswIndexConfig(m=hnsw.m, ef_construct=hnsw.ef_construct, full_scan_threshold=10_000),
+            # One search thread per query: the shard's segments are searched one after the other instead of
+            # fanned out. On the 2 shared cores measured that is faster (0.58 ms vs 0.7-0.95 ms p50 at 100k,
+            # hnsw_ef 64-128) and it stops one query from taking every core; concurrent queries still run
+            # side by side on the index's own search threads (edge_svc/vectors.py).
+            max_search_threads=1,
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         # A shard directory with segments is reopened; a new one is created.
         if (path / "segments").exists() or (path.exists() and any(path.iterdir())):
@@ -67,9 +82,8 @@ class QdrantEdgeStore:
                 query=qe.Query.Nearest(list(embedding)),
                 with_payload=True,
                 with_vector=False,
-                # The default beam is narrow for tightly clustered embeddings; a wider
-                # one buys recall for a fraction of a millisecond (see docs/performance.md).
-                params=qe.SearchParams(hnsw_ef=max(_HNSW_EF, limit)),
+                # qdrant.hnsw.ef: recall against time, measured in docs/performance.md (Vectors).
+                params=qe.SearchParams(hnsw_ef=max(self._ef, limit)),
             )
         )
         return [ScoredRecord(_record(hit.payload or {}), float(hit.score), "local") for hit in hits]

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import psycopg
 import pytest
 from aeterna.memory.v1 import memory_pb2
 from aeterna.sync.v1 import sync_pb2
 
+from aeterna_shared.errors import InvalidArgument
 from aeterna_shared.wire.canonical import sign_batch
 from central_svc import snapshots
 from central_svc.store.database import Database
@@ -177,3 +179,82 @@ async def test_vectors_sync_and_search_with_filters(central: Central) -> None:
             sync_pb2.SearchVectorsRequest(embedding=[1.0], limit=3), metadata=edge.metadata
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# float32 values a careless round trip bends: thirds, tenths, the smallest normal, subnormals, a large one.
+AWKWARD = np.array([1 / 3, -0.1, 2.0**-126, 1e-45, 12345.678, -7.006492e-44, 1.0000001, -1.5e18], dtype=np.float32)[
+    :TEST_VECTOR_DIMENSION
+]
+
+
+def bits(values: Any) -> list[int]:
+    """The float32 bit patterns of ``values`` (exact equality, -0.0 and 0.0 told apart)."""
+    return np.asarray(values, dtype=np.float32).view(np.uint32).tolist()  # type: ignore[no-any-return]
+
+
+async def test_vectors_come_back_from_central_bit_for_bit(central: Central) -> None:
+    """SyncVectors → PostgreSQL (pgvector binary) → SearchVectors: each float32 exactly as the edge sent it."""
+    edge = Edge("edge-a")
+    sent = vector("exact", 0)
+    del sent.values[:]
+    sent.values.extend(AWKWARD.tolist())
+    ack = await sync_vectors(central, edge, [sent])
+    assert (ack.processed, ack.failed) == (1, 0)
+    found = await central.sync.SearchVectors(
+        sync_pb2.SearchVectorsRequest(embedding=AWKWARD.tolist(), limit=1), metadata=edge.metadata
+    )
+    [hit] = found.results
+    assert hit.vector.vector_id == "exact"
+    assert bits(hit.vector.values) == bits(AWKWARD)
+    assert hit.score == pytest.approx(1.0, abs=1e-6)
+
+
+async def test_episode_embeddings_are_stored_exactly_and_survive_a_snapshot(
+    central: Central, tmp_path: Path, postgres_server: Any
+) -> None:
+    """An episode's embedding is the float32 the edge sent, in the database and after snapshot → restore."""
+    edge = Edge("edge-a")
+    sent = episode(1)
+    del sent.embedding[:]
+    sent.embedding.extend(AWKWARD.tolist())
+    ack = await append(central, edge, [sent])
+    assert (ack.processed, ack.failed) == (1, 0)
+
+    async def stored(database: Database) -> list[int]:
+        async with database.connection() as connection:
+            cursor = await connection.execute(
+                "SELECT embedding FROM episodes WHERE episode_id = %s", [sent.episode_id], binary=True
+            )
+            row = await cursor.fetchone()
+        assert row is not None
+        return bits(row[0].to_numpy())
+
+    assert await stored(central.deps.database) == bits(AWKWARD)
+    manifest = await snapshots.create(central.deps.episode_store, tmp_path)
+    with psycopg.connect(postgres_server.conninfo(), autocommit=True) as connection:
+        connection.execute("CREATE DATABASE restore_exact TEMPLATE aeterna_template")
+    try:
+        target = Database(postgres_server.url_for("restore_exact"), max_size=2)
+        await target.open()
+        try:
+            assert await snapshots.restore(PostgresEpisodeStore(target), manifest.path) == 1
+            assert await stored(target) == bits(AWKWARD)
+        finally:
+            await target.close()
+    finally:
+        with psycopg.connect(postgres_server.conninfo(), autocommit=True) as connection:
+            connection.execute("DROP DATABASE IF EXISTS restore_exact WITH (FORCE)")
+
+
+async def test_a_malformed_snapshot_embedding_is_refused_by_name(tmp_path: Path, database_url: str) -> None:
+    """A snapshot line whose embedding is no vector: BAD_SNAPSHOT naming it, not a numpy traceback."""
+    database = Database(database_url, max_size=2)
+    await database.open()
+    try:
+        row = ("ep-x", "default", "s1", "edge-a", "c", "[1,two,3]", T0, b"")
+        with pytest.raises(InvalidArgument) as caught:
+            await PostgresEpisodeStore(database).import_rows([row])
+        assert caught.value.reason == "BAD_SNAPSHOT"
+        assert "'[1,two,3]'" in str(caught.value)
+    finally:
+        await database.close()

@@ -287,8 +287,11 @@ def test_dashboard_covers_the_sync_metrics() -> None:
         "aeterna_edges_online",
         "aeterna_dead_letters_total",
         "aeterna_rpc_rate_limited_total",
-        "aeterna_rpc_requests_total",
-        "aeterna_rpc_duration_seconds",
+        "aeterna_rpc_auth_failures_total",
+        "grpc_server_handled_total",
+        'grpc_code!="OK"',
+        "grpc_server_handling_seconds_bucket",
+        "grpc_server_msg_received_total",
     ):
         assert metric in expressions
     docs = (ROOT / "docs" / "deploy.md").read_text()

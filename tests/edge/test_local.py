@@ -166,7 +166,10 @@ async def test_cedar_agent_denies_without_bundle_then_decides_and_persists(offli
     assert not node.agent.apply(bundle(1, "permit(principal, action, resource);"))
     assert not node.agent.apply(bundle(2, "permit("))
     assert node.agent.version == 1
-    # Every decision was durably recorded for replay before its answer was returned.
+    # Every decision was durably recorded for replay before its answer was returned (journaled, in the
+    # default decisionDurability: process), and moves into batches in the order it was decided.
+    assert {s.channel: s.pending_items for s in node.outbox.stats()}[Channel.DECISIONS] == 3
+    await node.sync.move_decisions()
     recorded = [item["allow"] for batch in node.outbox.pending(Channel.DECISIONS, 10) for item in batch.items]
     assert recorded == [False, True, False]
     # A fresh agent over the same data directory decides with the persisted bundle.

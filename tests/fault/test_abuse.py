@@ -7,7 +7,7 @@ certificate from the test CA, client certificates required (``tls.requireClientC
 per-agent HMAC keys, ``sync.rateLimit: "100/sec"`` (burst unset: one second's worth), its own PostgreSQL
 database. Each row asserts the precise gRPC status and ``ErrorInfo.reason`` and that central's tables
 (``session_memory``, ``decisions``, ``sync_batches``) did not change; rows the client refuses before
-sending also check central's ``aeterna_rpc_requests_total`` did not move.
+sending also check central's ``grpc_server_handled_total`` did not move.
 """
 
 from __future__ import annotations
@@ -81,14 +81,12 @@ class Central:
             return counts
 
     def rpcs_seen(self) -> float:
-        """``aeterna_rpc_requests_total`` summed over every method and code (central's /metrics)."""
+        """``grpc_server_handled_total`` summed over every method and code (central's /metrics)."""
         url = f"http://127.0.0.1:{self.process.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:
             text = response.read().decode()
         return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("aeterna_rpc_requests_total{")
+            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("grpc_server_handled_total{")
         )
 
     def edge_config(

@@ -1,4 +1,5 @@
-"""Crash and restart: SIGKILL the edge mid-flush and mid-replay, SIGKILL central mid-batch, restart
+"""Crash and restart: SIGKILL the edge mid-flush, mid-replay and mid-Authorize (in both
+``aeterna.offline.decisionDurability`` modes), SIGKILL central mid-batch, restart
 PostgreSQL mid-transaction, restart Redis under the edge — each ≥ 20 times at random moments.
 
 Cheap trials: PostgreSQL (the session's ``postgres_server``) keeps running unless it is the process
@@ -259,6 +260,62 @@ async def test_sigkill_edge_mid_replay(rig: Rig, request: pytest.FixtureRequest)
         await rig.restart_edge()
     assert rig.edge_client is not None
     await _verify("sigkill-edge-mid-replay", writer, rig.edge_client, rig.central_client, rig.conninfo, agent, n)
+
+
+async def _authorize_for(client: Client, acked: set[str], seconds: float, in_flight: int = 16) -> int:
+    """Authorize from ``in_flight`` concurrent callers for ``seconds``; only answered decision ids are kept."""
+    deadline = time.monotonic() + seconds
+    errors = 0
+    request = edge_pb2.AuthorizeRequest(principal='User::"a"', action='Action::"read"', resource='Doc::"d"')
+
+    async def caller() -> None:
+        nonlocal errors
+        while time.monotonic() < deadline:
+            try:
+                reply = await client.edge.Authorize(request, timeout=5)
+            except aio.AioRpcError:
+                errors += 1
+                await asyncio.sleep(0.05)
+                continue
+            acked.add(reply.decision_id)
+
+    await asyncio.gather(*(caller() for _ in range(in_flight)))
+    return errors
+
+
+@pytest.mark.parametrize("durability", ["process", "power"])
+async def test_sigkill_edge_mid_authorize(rig: Rig, request: pytest.FixtureRequest, durability: str) -> None:
+    """16 Authorize calls in flight, the edge SIGKILLed at a random moment, restarted: every answered decision
+    reaches central exactly once, with ``decisionDurability: process`` (the default, no fsync before the answer)
+    and ``power``."""
+    n = trials(request.config, 20, 200)
+    rng = random.Random(_SEED + 7)
+    agent = f"edge-authorize-{durability}"
+    overrides: dict[str, object] = {}
+    if durability != "process":  # process is the default: the test runs it as shipped
+        overrides["aeterna.offline.decisionDurability"] = durability
+    await rig.start(agent, **overrides)
+    writer = Writer(agent, rng)  # its ledger only: decisions answered by Authorize
+    assert rig.central_client is not None
+    for _ in range(n):
+        client = rig.edge_client
+        edge = rig.edge
+        assert client is not None
+        assert edge is not None
+        await _killed_after(rng.uniform(0.1, 0.5), edge.kill, _authorize_for(client, writer.acked.decisions, 0.6))
+        await rig.restart_edge()
+    assert rig.edge_client is not None
+    assert len(writer.acked.decisions) > n, "decisions were answered between the kills"
+    await _verify(
+        f"sigkill-edge-mid-authorize-{durability}",
+        writer,
+        rig.edge_client,
+        rig.central_client,
+        rig.conninfo,
+        agent,
+        n,
+        durability=durability,
+    )
 
 
 async def test_sigkill_central_mid_batch(rig: Rig, request: pytest.FixtureRequest) -> None:

@@ -319,11 +319,11 @@ def server_side_forbidden() -> float:
     """
     total = 0.0
     for metric in prometheus_client.REGISTRY.collect():
-        if metric.name == "aeterna_rpc_requests":
+        if metric.name == "grpc_server_handled":
             total += sum(
                 sample.value
                 for sample in metric.samples
-                if sample.name.endswith("_total") and sample.labels.get("code") in {"INTERNAL", "UNKNOWN"}
+                if sample.name.endswith("_total") and sample.labels.get("grpc_code") in {"Internal", "Unknown"}
             )
     return total
 

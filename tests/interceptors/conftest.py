@@ -42,7 +42,7 @@ from central_svc.admission import AdmissionRules, admit
 from central_svc.batches import Channel
 from interceptors.chain import server_interceptors
 from interceptors.ratelimit import Limiter
-from interceptors.telemetry import Telemetry
+from interceptors.telemetry import GRPC_CODE_LABELS, Telemetry
 from tests.support.tls import TlsMaterial
 
 SIGNING_KEY = b"test-signing-key-edge-a"
@@ -172,14 +172,16 @@ class RunningServer:
     shapes_received: list[int] = field(default_factory=list)
 
     def handled(self, method_suffix: str, code: str) -> float:
-        """How many calls ended with ``code`` (from the server's Prometheus registry)."""
+        """How many calls ended with ``code`` (a ``grpc.StatusCode`` name; from the server's
+        ``grpc_server_handled_total``, which spells codes as Go does)."""
+        label = GRPC_CODE_LABELS[grpc.StatusCode[code]]
         total = 0.0
         for metric in self.registry.collect():
             for sample in metric.samples:
                 if (
-                    sample.name == "aeterna_rpc_requests_total"
-                    and sample.labels["method"].endswith(method_suffix)
-                    and sample.labels["code"] == code
+                    sample.name == "grpc_server_handled_total"
+                    and sample.labels["grpc_method"].endswith(method_suffix)
+                    and sample.labels["grpc_code"] == label
                 ):
                     total += sample.value
         return total

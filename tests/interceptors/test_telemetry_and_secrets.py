@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.metadata
 import json
 import logging
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
@@ -25,9 +26,10 @@ from prometheus_client import CollectorRegistry
 
 from aeterna_client.channel import open_central_channel
 from aeterna_client.credentials import ApiKeyCredentials, OAuth2ClientCredentials
+from aeterna_shared.config.model import TelemetrySection
 from aeterna_shared.errors import Unauthenticated
-from interceptors.telemetry import Telemetry, serve_metrics
-from tests.interceptors.conftest import JwtIssuer, ServeFactory, edge_config, server_config
+from interceptors.telemetry import Telemetry, TraceExport, serve_metrics, service_resource, trace_export
+from tests.interceptors.conftest import SHAPES, JwtIssuer, ServeFactory, edge_config, server_config, shape_calls
 from tests.support.tls import TlsMaterial
 
 
@@ -80,12 +82,109 @@ async def test_metrics_endpoint(serve: ServeFactory, tls_material: TlsMaterial) 
     finally:
         endpoint.close()
     method = "/aeterna.sync.v1.SyncService/SearchVectors"
-    assert f'aeterna_rpc_requests_total{{code="OK",method="{method}",role="central"}} 1.0' in text
-    assert f'aeterna_rpc_requests_total{{code="UNAUTHENTICATED",method="{method}",role="central"}} 1.0' in text
+    # The grpc-ecosystem series (go-grpc-prometheus names and labels, Go's spelling of the codes).
+    call = 'grpc_method="SearchVectors",grpc_service="aeterna.sync.v1.SyncService",grpc_type="unary"'
+    assert f"grpc_server_started_total{{{call}}} 2.0" in text
+    assert f'grpc_server_handled_total{{grpc_code="OK",{call}}} 1.0' in text
+    assert f'grpc_server_handled_total{{grpc_code="Unauthenticated",{call}}} 1.0' in text
+    assert f"grpc_server_msg_received_total{{{call}}} 2.0" in text
+    assert f"grpc_server_msg_sent_total{{{call}}} 1.0" in text  # the refused call sent no response
+    assert f"grpc_server_handling_seconds_count{{{call}}} 2.0" in text
+    assert f'grpc_server_handling_seconds_bucket{{{call},le="+Inf"}} 2.0' in text
     assert f'aeterna_rpc_auth_failures_total{{method="{method}",reason="INVALID_API_KEY",role="central"}} 1.0' in text
-    assert "aeterna_rpc_duration_seconds_bucket" in text
+    assert "aeterna_rpc_requests_total" not in text
     assert "sk-x" not in text
     assert "sk-m" not in text
+
+
+async def test_stream_metrics_count_each_message(serve: ServeFactory, tls_material: TlsMaterial) -> None:
+    """Every shape has its ``grpc_type``, and streamed messages are counted one by one, each way."""
+    registry = CollectorRegistry()
+    running = await serve(server_config(tls_material), telemetry=Telemetry(registry=registry))
+    async with open_central_channel(edge_config(tls_material, running.port)) as channel:
+        calls = shape_calls(channel)
+        assert len([reply async for reply in calls.unary_stream(b"q")]) == 3
+
+        async def four() -> AsyncIterator[bytes]:
+            for _ in range(4):
+                yield b"m"
+
+        await calls.stream_unary(four())
+        bidi = calls.stream_stream()
+        for _ in range(2):
+            await bidi.write(b"e")
+            assert await bidi.read() == b"e"
+        await bidi.done_writing()
+        assert await bidi.read() is grpc.aio.EOF
+        await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+
+    def value(name: str, method: str, **labels: str) -> float | None:
+        wanted = {"grpc_service": SHAPES, "grpc_method": method, **labels}
+        return registry.get_sample_value(name, wanted)
+
+    assert value("grpc_server_handled_total", "UnaryStream", grpc_type="server_stream", grpc_code="OK") == 1
+    assert value("grpc_server_msg_received_total", "UnaryStream", grpc_type="server_stream") == 1
+    assert value("grpc_server_msg_sent_total", "UnaryStream", grpc_type="server_stream") == 3
+    assert value("grpc_server_handled_total", "StreamUnary", grpc_type="client_stream", grpc_code="OK") == 1
+    assert value("grpc_server_msg_received_total", "StreamUnary", grpc_type="client_stream") == 4
+    assert value("grpc_server_msg_sent_total", "StreamUnary", grpc_type="client_stream") == 1
+    assert value("grpc_server_handled_total", "StreamStream", grpc_type="bidi_stream", grpc_code="OK") == 1
+    assert value("grpc_server_msg_received_total", "StreamStream", grpc_type="bidi_stream") == 2
+    assert value("grpc_server_msg_sent_total", "StreamStream", grpc_type="bidi_stream") == 2
+    # Health checks are probes, not work: not counted.
+    assert not [
+        sample
+        for metric in registry.collect()
+        for sample in metric.samples
+        if sample.labels.get("grpc_service") == "grpc.health.v1.Health"
+    ]
+
+
+# --- where spans go: config keys over OTEL_* variables -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keys", "environ", "expected"),
+    [
+        ({}, {}, None),  # no endpoint anywhere: spans stay in the process
+        ({}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"}, TraceExport("http://c:4317", None)),
+        (
+            {},
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:4317"},
+            TraceExport("http://t:4317", None),
+        ),
+        (
+            {"otlpEndpoint": "https://k:4317"},
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"},
+            TraceExport("https://k:4317", None),
+        ),
+        ({"otlpEndpoint": "k:4317", "otlpInsecure": True}, {}, TraceExport("k:4317", True)),
+        ({}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_TRACES_EXPORTER": "none"}, None),
+        ({"otlpEndpoint": "http://k:4317"}, {"OTEL_TRACES_EXPORTER": "none"}, TraceExport("http://k:4317", None)),
+        ({}, {"OTEL_TRACES_EXPORTER": "otlp"}, TraceExport(None, None)),  # the exporter's default endpoint
+    ],
+)
+def test_trace_export_config_wins_over_the_variables(
+    keys: dict[str, Any], environ: dict[str, str], expected: TraceExport | None
+) -> None:
+    telemetry = TelemetrySection.model_validate(keys)
+    assert trace_export(telemetry, environ) == expected
+
+
+def test_service_resource(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod,service.instance.id=pod-7")
+    resource = service_resource(TelemetrySection(), "edge").attributes
+    assert resource["service.name"] == "aeterna-edge"
+    assert resource["service.version"] == importlib.metadata.version("aeterna-hybrid")
+    assert resource["service.instance.id"] == "pod-7"
+    assert resource["deployment.environment"] == "prod"
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
+    assert service_resource(TelemetrySection(), "central").attributes["service.name"] == "from-env"
+    assert len(str(service_resource(TelemetrySection(), "central").attributes["service.instance.id"])) == 36
+    configured = TelemetrySection.model_validate({"serviceName": "from-config"})
+    assert service_resource(configured, "central").attributes["service.name"] == "from-config"
 
 
 def _get(url: str) -> str:

@@ -36,8 +36,11 @@ images, the connection budget, one rate limit across replicas) always apply. Ren
 {{- if and (eq $auth.method "apiKey") (not $w.secrets.apiKeys.existingSecret) (not $auth.apiKeysFile) -}}
 {{- fail (printf "sync.auth.method apiKey: central needs the API-key hashes: set workloads.central.secrets.apiKeys.existingSecret, %s" $dev) -}}
 {{- end -}}
-{{- if and (has $auth.method (list "oauth2" "serviceAccount")) (not $w.secrets.jwks.existingSecret) (not (($auth.jwt).jwksFile)) -}}
-{{- fail (printf "sync.auth.method %s: central needs the keys it verifies tokens with (for serviceAccount, the cluster issuer's JWKS: kubectl get --raw /openid/v1/jwks): set workloads.central.secrets.jwks.existingSecret, %s" $auth.method $dev) -}}
+{{- $jwt := $auth.jwt | default (dict) -}}
+{{- $remoteKeys := or $jwt.jwksUrl $jwt.oidcDiscovery $jwt.discoveryUrl -}}
+{{- $tokenReview := and (eq $auth.method "serviceAccount") (eq (($auth.serviceAccount).verification | default "jwks") "tokenReview") -}}
+{{- if and (has $auth.method (list "oauth2" "serviceAccount")) (not $tokenReview) (not $remoteKeys) (not $w.secrets.jwks.existingSecret) (not $jwt.jwksFile) -}}
+{{- fail (printf "sync.auth.method %s: central needs the keys it verifies tokens with: set sync.auth.jwt.jwksUrl, or sync.auth.jwt.oidcDiscovery with sync.auth.jwt.issuer, or workloads.central.secrets.jwks.existingSecret (for serviceAccount, the cluster issuer's JWKS: kubectl get --raw /openid/v1/jwks; or sync.auth.serviceAccount.verification: tokenReview), %s" $auth.method $dev) -}}
 {{- end -}}
 {{- if and (eq $auth.method "mtls") (not (and (include "aeterna.centralTLS" .) .Values.tls.requireClientCert)) -}}
 {{- fail "sync.auth.method mtls needs central to verify client certificates: set tls.enabled, tls.requireClientCert and a serving certificate (tls.certManager)" -}}
