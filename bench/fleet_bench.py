@@ -225,5 +225,6 @@ FIGURES = [
         {"smoke": (10, 100), "quick": (100, 1000, 3000), "full": (1000, 3000, 10000)},
         lambda n: f"{n} edges",
         goal_note="see docs/performance.md (capacity).",
+        runs_at={10_000: 1},  # about 4 minutes and 5 client processes a run
     ),
 ]

@@ -22,7 +22,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,14 @@ class Figure:
     sizes: dict[str, tuple[int, ...]]
     label: Callable[[int], str]
     goal_note: str = ""
+    runs_at: Mapping[int, int] = field(default_factory=dict)
+    """At most this many runs at these sizes (one that takes many minutes a run), whatever ``--runs`` says."""
+    counts: bool = False
+    """Its figures are byte counts of a seeded workload, not timings: one run gives them, more would repeat them."""
+
+    def runs_for(self, size: int, runs: int) -> int:
+        """How many runs this size gets when the suite asks for ``runs``."""
+        return 1 if self.counts else min(runs, self.runs_at.get(size, runs))
 
 
 def human(count: int) -> str:
@@ -185,7 +193,7 @@ async def run_suite(figures: list[Figure], mode: str, runs: int) -> tuple[list[R
                 for size in figure.sizes[mode]:
                     started = time.perf_counter()
                     try:
-                        samples = [await figure.measure(env, size) for _ in range(runs)]
+                        samples = [await figure.measure(env, size) for _ in range(figure.runs_for(size, runs))]
                     except Exception as error:  # report and go on: one broken figure must not hide the rest
                         print(f"ERROR {figure.name} {figure.label(size)}: {type(error).__name__}: {error}", flush=True)
                         failures.append(f"{figure.name} {figure.label(size)}")
@@ -234,7 +242,8 @@ def table(rows: list[Row], figures: list[Figure], mode: str, runs: int) -> str:
     lines = [
         f"Last run: `python -m bench{'' if mode == 'full' else ' --' + mode} --runs {runs} --write-readme`"
         f" on {info['date']}: {info['cores']} cores ({info['cpu']}), {info['memory']},"
-        f" Python {info['python']}, {info['os']}; machine shared with other work, medians of {runs} run(s).",
+        f" Python {info['python']}, {info['os']}; machine shared with other work, medians of {runs} run(s)"
+        ' (a size marked "1 run" ran once: byte counts of a seeded workload, or a size that takes many minutes).',
         "",
         "| figure | size | measured | limit (same run) | ratio | goal | |",
         "|---|---|---|---|---|---|---|",
@@ -243,7 +252,8 @@ def table(rows: list[Row], figures: list[Figure], mode: str, runs: int) -> str:
         mark = "" if row.met is None else ("met" if row.met else "**missed**")
         extra = "; ".join(f"{k} {fmt(v)}" for k, v in row.extra.items())
         lines.append(
-            f"| {row.figure} | {row.size} | {row.metric}: {fmt(row.value)} {row.unit}"
+            f"| {row.figure} | {row.size}{'' if row.runs == runs else f' ({row.runs} run)'} |"
+            f" {row.metric}: {fmt(row.value)} {row.unit}"
             f"{' (' + extra + ')' if extra else ''} | {row.limit_name}: {fmt(row.limit)} |"
             f" {row.ratio:.3f} | {row.goal or '-'} | {mark} |"
         )

@@ -405,6 +405,7 @@ FIGURES = [
         measure,
         {"smoke": (10, 100, 1000), "quick": (10, 100, 1000), "full": (10, 100, 1000)},
         lambda n: f"{n}/batch",
+        counts=True,
         goal_note="conversation text is most of a session and is stored as UTF-8 in protobuf and JSON alike, "
         "so protobuf only saves field names and structure (~25% of JSON); gzip then does the rest and both "
         "end near the text's entropy (~5 bits/char for English-like text: gzip JSON is about the same size). "
@@ -419,8 +420,9 @@ FIGURES = [
         measure_growing,
         # A day of 200 sessions would take hours here: every append rewrites the whole session document at the
         # edge and central (linear in its length), so a full run simulates a day of fewer sessions.
-        {"smoke": (4, 8, 16), "quick": (20, 50, 200), "full": (5, 10, 20)},
+        {"smoke": (4, 8, 16), "quick": (20, 50, 200), "full": (2, 5, 10)},
         lambda n: f"{n} sess",
+        counts=True,
         goal_note="the edge sends each interval's new turns only (about 380 B per session per interval on the "
         "wire, of which ~170 B is the gzip of the text and ~210 B per-append metadata: three random UUID message "
         "ids, a hex SHA-256 checksum, the session id, times and the state patch), while the JSON limit grows with "

@@ -546,9 +546,9 @@ class PostgresqlSection(Section):
     pool_size: int = Field(default=10, ge=1, le=500)
     """Connections in central's pool."""
     direct_url: str | None = None
-    """postgresql:// URL for central's two session-bound connections, LISTEN/NOTIFY (policy push) and the
-    snapshot advisory lock, when ``url`` goes through a transaction-pooling PgBouncer, which breaks both.
-    Unset: ``url``."""
+    """postgresql:// URL for central's direct connections, the two session-bound ones, LISTEN/NOTIFY (policy
+    push) and the snapshot advisory lock, and the readiness probe's own, when ``url`` goes through a
+    transaction-pooling PgBouncer, which breaks the first two. Unset: ``url``."""
     cloudnativepg: dict[str, Any] = Field(default_factory=dict)
     """Chart only: the CloudNativePG cluster."""
 

@@ -21,10 +21,19 @@ Every pooled connection knows pgvector's ``vector`` type (``pgvector.psycopg``,
 registered when the pool opens the connection), so embeddings travel as numpy
 float32 arrays in pgvector's binary form both ways: no text literal is built
 or parsed per component, and a float32 arrives exactly as it was stored.
+
+Readiness (``Database.ping``) does not use the pool: it asks ``SELECT 1`` on a
+connection of its own, direct like the other session-bound ones (LISTEN, the
+snapshot lock). Under overload every pooled connection is busy and requests
+queue for them; a probe queued behind them would time out although PostgreSQL
+is fine, and the replica would report NOT_SERVING, so a balancer would pull a
+replica that is merely busy. The readiness connection is opened on the first
+ping, dropped on any failure (the next ping reconnects) and closed with the pool.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -43,6 +52,10 @@ _log = logging.getLogger(__name__)
 
 Connection = AsyncConnection[tuple[Any, ...]]
 """A pooled connection, as the stores use it."""
+
+PING_CONNECT_TIMEOUT_SECONDS = 3
+"""Longest the readiness connection may take to connect (libpq's connect_timeout): a database that is
+down fails the probe fast instead of holding it until the readiness timeout."""
 
 DATA_SQLSTATE_CLASSES = ("22", "54")
 """SQLSTATE classes caused by the data itself: data exception, program limit exceeded."""
@@ -99,9 +112,12 @@ async def _register_vector(connection: Connection) -> None:
 
 
 class Database:
-    """An async psycopg pool on central's database.
+    """An async psycopg pool on central's database, and the readiness probe's own connection.
 
     Built by the wiring (``__main__`` or a test), opened once, closed on shutdown.
+    ``ping`` never takes a pooled connection: readiness must not queue behind
+    requests, or a replica busy with every pooled connection would report
+    NOT_SERVING while its database answers (see the module docstring).
     """
 
     def __init__(self, url: str, *, max_size: int = 10, direct_url: str | None = None) -> None:
@@ -118,19 +134,50 @@ class Database:
             kwargs={"autocommit": True},
             configure=_register_vector,
         )
+        self._ping_connection: Connection | None = None
+        self._ping_lock = asyncio.Lock()
 
     async def open(self) -> None:
         """Open the pool and wait for the first connection."""
         await self._pool.open(wait=True, timeout=30)
 
     async def close(self) -> None:
-        """Close every connection."""
+        """Close every connection: the pool's and the readiness connection."""
+        async with self._ping_lock:
+            await self._drop_ping_connection()
         await self._pool.close()
 
+    @property
+    def ping_backend_pid(self) -> int | None:
+        """PID of the readiness connection's backend (None before the first ping or after a failure)."""
+        connection = self._ping_connection
+        return None if connection is None or connection.closed else connection.info.backend_pid
+
     async def ping(self) -> None:
-        """``SELECT 1`` on a pooled connection (readiness); ``Unavailable`` when the database cannot answer."""
-        async with self.connection() as connection:
-            await connection.execute("SELECT 1")
+        """``SELECT 1`` on the readiness connection, never a pooled one; ``Unavailable`` when the database is down.
+
+        The connection is direct (``direct_conninfo``) and autocommit, opened on the
+        first ping with ``PING_CONNECT_TIMEOUT_SECONDS``. Any failure, a cancellation
+        by the caller's timeout included, closes and drops it, so the next ping
+        reconnects instead of reusing a broken connection. Concurrent pings take turns.
+        """
+        async with self._ping_lock:
+            try:
+                with translated_errors():
+                    if self._ping_connection is None or self._ping_connection.closed:
+                        self._ping_connection = await AsyncConnection.connect(
+                            self.direct_conninfo, autocommit=True, connect_timeout=PING_CONNECT_TIMEOUT_SECONDS
+                        )
+                    await self._ping_connection.execute("SELECT 1")
+            except BaseException:  # also a cancellation mid-query: the connection's state is unknown
+                await self._drop_ping_connection()
+                raise
+
+    async def _drop_ping_connection(self) -> None:
+        connection, self._ping_connection = self._ping_connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:

@@ -298,14 +298,14 @@ def test_pooler_and_direct_listen_connection(render: Render) -> None:
 
 
 def test_pool_size_fits_the_budget(render: Render) -> None:
-    # No pooler: 12 replicas x (poolSize + 2) <= 200 - 3 - 10 -> poolSize 13 would fit; 10 is the default cap.
+    # No pooler: 12 replicas x (poolSize + 3) <= 200 - 3 - 10 -> poolSize 12 would fit; 10 is the default cap.
     assert _config(_render(render, "central", "no-pooler"), "central")["postgresql"]["poolSize"] == 10
     tight = deep_merge(
         NO_POOLER,
         {"postgresql": {"cloudnativepg": {"cluster": {"postgresql": {"parameters": {"max_connections": "100"}}}}}},
     )
-    # (100 - 13) // 12 - 2 = 5
-    assert _config(render("values-central.yaml", tight), "central")["postgresql"]["poolSize"] == 5
+    # (100 - 13) // 12 - 3 = 4
+    assert _config(render("values-central.yaml", tight), "central")["postgresql"]["poolSize"] == 4
 
 
 def test_backup_reaches_the_cluster_and_a_scheduled_backup(render: Render) -> None:

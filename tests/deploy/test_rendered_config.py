@@ -105,8 +105,8 @@ def test_central_values_reach_the_central_config(render: Render, tmp_path: Path)
     assert config.telemetry.health_port == 8082
     assert config.telemetry.metrics_port == 8080
     # The request pool goes through the PgBouncer Pooler (credentials from libpq's
-    # PGUSER/PGPASSWORD, out of CloudNativePG's app Secret); LISTEN/NOTIFY and the
-    # snapshot lock go directly to the -rw service (the app Secret's URI).
+    # PGUSER/PGPASSWORD, out of CloudNativePG's app Secret); LISTEN/NOTIFY, the
+    # snapshot lock and readiness go directly to the -rw service (the app Secret's URI).
     assert config.postgresql.url == "postgresql://aeterna-pg-pooler.aeterna.svc:5432/aeterna"
     env = {v["name"]: v for v in pod["containers"][0]["env"]}
     assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "aeterna-pg-app", "key": "password"}
@@ -115,7 +115,7 @@ def test_central_values_reach_the_central_config(render: Render, tmp_path: Path)
         "key": "uri",
     }
     assert config.postgresql.direct_url == "stand-in-for-aeterna_postgresql__direct_url"
-    # 12 replicas at most: 2 poolers x 20 + 12 x 2 direct = 64 <= 200 - 13 reserved.
+    # 12 replicas at most: 2 poolers x 20 + 12 x 3 direct = 76 <= 200 - 13 reserved.
     assert config.postgresql.pool_size == 10
     assert config.sync.auth.api_keys_file == "/etc/aeterna/secrets/api-keys/apiKeys.yaml"
     assert _mounted(pod, config.sync.auth.api_keys_file)

@@ -196,8 +196,9 @@ Where central's database is: "cnpg" (the CloudNativePG cluster below),
 postgresql.poolSize as rendered into central's config, checked against the
 connection budget of the CloudNativePG cluster (see values.yaml,
 postgresql.cloudnativepg.connectionBudget, and docs/deploy.md). Each central
-replica holds poolSize request connections plus 2 session-bound ones: the
-policy LISTEN connection and the snapshot advisory-lock connection.
+replica holds poolSize request connections plus 3 session-bound/direct ones:
+the policy LISTEN connection, the snapshot advisory-lock connection and the
+readiness probe's connection (its own, so readiness never queues behind requests).
 Unset poolSize: 10 (the model's default), lowered to what fits without a pooler.
 */}}
 {{- define "aeterna.poolSize" -}}
@@ -214,9 +215,9 @@ Unset poolSize: 10 (the model's default), lowered to what fits without a pooler.
 {{- $budget := printf "postgresql.cloudnativepg.cluster.postgresql.parameters.max_connections (%d, minus %d reserved)" $max $reserved -}}
 {{- if include "aeterna.poolerEnabled" . -}}
 {{- $p := $cnpg.pooler -}}
-{{- $server := add (mul ($p.instances | int) ($p.defaultPoolSize | int)) (mul $replicas 2) | int -}}
+{{- $server := add (mul ($p.instances | int) ($p.defaultPoolSize | int)) (mul $replicas 3) | int -}}
 {{- if gt $server $available -}}
-{{- fail (printf "connection budget: pooler.instances x pooler.defaultPoolSize + %d central replicas x 2 direct (LISTEN + snapshot lock) = %d connections exceed %s; raise max_connections or lower postgresql.cloudnativepg.pooler.defaultPoolSize" $replicas $server $budget) -}}
+{{- fail (printf "connection budget: pooler.instances x pooler.defaultPoolSize + %d central replicas x 3 direct (LISTEN + snapshot lock + readiness) = %d connections exceed %s; raise max_connections or lower postgresql.cloudnativepg.pooler.defaultPoolSize" $replicas $server $budget) -}}
 {{- end -}}
 {{- $size := $explicit | default 10 | int -}}
 {{- if gt (mul $replicas $size) ($p.maxClientConn | int) -}}
@@ -224,12 +225,12 @@ Unset poolSize: 10 (the model's default), lowered to what fits without a pooler.
 {{- end -}}
 {{- $size -}}
 {{- else -}}
-{{- $fit := sub (div $available $replicas) 2 | int -}}
+{{- $fit := sub (div $available $replicas) 3 | int -}}
 {{- $size := $explicit | default (min 10 $fit) | int -}}
 {{- if lt $size 1 -}}{{- $size = 1 -}}{{- end -}}
-{{- $total := mul $replicas (add $size 2) | int -}}
+{{- $total := mul $replicas (add $size 3) | int -}}
 {{- if gt $total $available -}}
-{{- fail (printf "connection budget: %d central replicas x (postgresql.poolSize %d + 1 LISTEN + 1 snapshot lock) = %d connections exceed %s; lower postgresql.poolSize or workloads.central.autoscaling.maxReplicas, raise max_connections, or enable postgresql.cloudnativepg.pooler" $replicas $size $total $budget) -}}
+{{- fail (printf "connection budget: %d central replicas x (postgresql.poolSize %d + 1 LISTEN + 1 snapshot lock + 1 readiness) = %d connections exceed %s; lower postgresql.poolSize or workloads.central.autoscaling.maxReplicas, raise max_connections, or enable postgresql.cloudnativepg.pooler" $replicas $size $total $budget) -}}
 {{- end -}}
 {{- $size -}}
 {{- end -}}

@@ -29,7 +29,8 @@ which always talks to the primary directly (and gets no rate-limiter URL).
 # session-bound connection each: PgBouncer's transaction pooling would hand
 # the session to other clients between transactions (LISTEN silently stops
 # receiving, a session lock leaks). So they connect DIRECTLY to the cluster's
-# -rw service: CloudNativePG's <cluster>-app URI.
+# -rw service: CloudNativePG's <cluster>-app URI. Central's readiness probe
+# uses a third direct connection of its own (never queued behind requests).
 - name: AETERNA_POSTGRESQL__DIRECT_URL
   valueFrom:
     secretKeyRef: {name: {{ $app }}, key: uri}
