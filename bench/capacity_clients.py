@@ -21,10 +21,12 @@ A worker connects every channel first (``channel_ready``), builds its
 sessions, reports ready and waits for the shared start event, so that central's
 CPU is measured over the streaming alone; connection time is reported apart.
 Each batch gets its header (fresh ``sent_time``) and HMAC signature when it is
-due, as an edge does. A stream central ends with an error (UNAVAILABLE when
-its database pool has been waited on too long, for example) is treated as an
-edge treats it: the unacked batches are kept, and after a jittered backoff the
-stream is reopened and they are sent again (a batch central had already
+due, as an edge does. A stream central ends with an error (RESOURCE_EXHAUSTED
+``INGEST_BUSY`` when no write turn came within ``sync.ingestWait``, for
+example) is treated as an edge treats it: the unacked batches are kept, and
+after a jittered backoff, no shorter than the RetryInfo delay central named
+(read by the edge's own ``busy_of``), the stream is reopened and they are sent
+again (a batch central had already
 committed comes back ``DUPLICATE``, which counts as acked once). The figure
 counts those reopenings and their status, so shed load is visible.
 """
@@ -32,6 +34,7 @@ counts those reopenings and their status, so shed load is visible.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import random
 import time
@@ -42,7 +45,7 @@ from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from aeterna.memory.v1 import memory_pb2
@@ -54,6 +57,7 @@ from aeterna_security.keys import DEVELOPMENT_KEY
 from aeterna_server.capacity import raise_open_file_limit
 from aeterna_shared.wire.canonical import session_checksum, sign_batch
 from bench.central_bench import header, make_sessions
+from edge_svc.api.central_client import busy_of
 
 ACCEPTED = sync_pb2.AckStatus.ACK_STATUS_ACCEPTED
 DUPLICATE = sync_pb2.AckStatus.ACK_STATUS_DUPLICATE
@@ -190,17 +194,38 @@ async def _run(plan: Plan, messages: Queue[Any], start: Event) -> Outcome:
                 due.clear()
                 await due.wait()
 
+        async def stream_once() -> None:
+            """One stream, written and read apart as the edge's ``GrpcCentral._stream`` does: when central ends
+            it, the read raises central's status, while a write under it merely fails (ignored)."""
+            nonlocal acked
+            call = stub.SyncSessions(metadata=metadata)
+
+            async def write_all() -> None:
+                async for request in requests():
+                    await call.write(request)
+                await call.done_writing()
+
+            writer = asyncio.create_task(write_all())
+            try:
+                while (response := await call.read()) is not aio.EOF:
+                    ack = cast("sync_pb2.SyncSessionsResponse", response).ack
+                    if ack.failed == 0 and ack.status in (ACCEPTED, DUPLICATE) and ack.sequence not in done:
+                        done.add(ack.sequence)
+                        acked += 1
+            finally:
+                writer.cancel()
+                with contextlib.suppress(
+                    asyncio.CancelledError, asyncio.InvalidStateError, aio.AioRpcError, aio.UsageError
+                ):
+                    await writer
+
         producer = asyncio.create_task(produce())
         reconnected = False
         backoff = 1.0
         try:
             while len(done) < plan.rounds:
                 try:
-                    async for response in stub.SyncSessions(requests(), metadata=metadata):
-                        ack = response.ack
-                        if ack.failed == 0 and ack.status in (ACCEPTED, DUPLICATE) and ack.sequence not in done:
-                            done.add(ack.sequence)
-                            acked += 1
+                    await stream_once()
                     if len(done) < plan.rounds and len(outbox) == plan.rounds:
                         raise RuntimeError(f"stream ended with {plan.rounds - len(done)} batch(es) unacked")
                 except aio.AioRpcError as error:
@@ -211,7 +236,8 @@ async def _run(plan: Plan, messages: Queue[Any], start: Event) -> Outcome:
                         raise
                     reconnects += 1
                     reconnected = True
-                    await asyncio.sleep(random.uniform(0.5, 1.0) * backoff)
+                    busy = busy_of(error)  # central named a delay: not sooner than that
+                    await asyncio.sleep(max(random.uniform(0.5, 1.0) * backoff, busy.retry_after if busy else 0.0))
                     backoff = min(backoff * 2, 16.0)
         finally:
             producer.cancel()

@@ -11,7 +11,11 @@
   in the edge's Qdrant Edge shard after ``optimize()`` (default ``qdrant.hnsw``),
   next to the echo p50 of the same payload (goal <= echo + 0.5 ms); the
   fallback p50 (local answer too weak, central's pgvector asked, results
-  merged); recall@10 against exact numpy search (goal >= 0.98). The shard of a
+  merged); recall@10 against exact numpy search (goal >= 0.98), and
+  ann-benchmarks' epsilon recall (a hit within 1 % of the exact 10th's
+  distance counts): on these clusters ranks 2 to 50 lie within 0.0015 of each
+  other in cosine at 1M, so strict recall there measures the order of near
+  ties as well (docs/performance.md, Vectors). The shard of a
   size is built once per suite run and copied for each run (building 1M
   vectors takes many minutes; the build time is printed as ``build_s``).
 
@@ -301,11 +305,18 @@ def built_shard(env: Env, data: np.ndarray[Any, Any]) -> tuple[Path, float]:
     return folder, seconds
 
 
-def exact_top10(data: np.ndarray[Any, Any], norms: np.ndarray[Any, Any], query: np.ndarray[Any, Any]) -> set[str]:
-    """Ids of the exact top 10 by cosine (no normalized copy of ``data``: at 1M x 384 that would be 1.5 GB more)."""
+def exact_top10(
+    data: np.ndarray[Any, Any], norms: np.ndarray[Any, Any], query: np.ndarray[Any, Any]
+) -> tuple[set[str], float]:
+    """Ids of the exact top 10 by cosine and the 10th's cosine distance (no normalized copy of ``data``: at
+    1M x 384 that would be 1.5 GB more)."""
     scores = (data @ query) / (norms * np.linalg.norm(query))
     top = np.argpartition(-scores, 10)[:10]
-    return {f"v{i}" for i in top}
+    return {f"v{i}" for i in top}, float(1.0 - scores[top].min())
+
+
+EPSILON = 0.01
+"""ann-benchmarks' "epsilon" recall: a hit counts when its distance is within (1 + EPSILON) of the exact 10th's."""
 
 
 async def load_central_vectors(server: Any, count: int, seed: int) -> None:
@@ -343,6 +354,7 @@ async def measure_vectors(env: Env, count: int) -> list[Sample]:
             echo_lat: list[float] = []
             fallback_lat: list[float] = []
             recalls: list[float] = []
+            near: list[float] = []  # ann-benchmarks' epsilon recall (EPSILON)
             for row in queries:
                 search = edge_pb2.SearchVectorsRequest(embedding=row.tolist(), limit=10)
                 t0 = time.perf_counter()
@@ -354,7 +366,9 @@ async def measure_vectors(env: Env, count: int) -> list[Sample]:
                 await edge.echo(search.SerializeToString())
                 echo_lat.append((time.perf_counter() - t0) * 1000)
                 got = {r.vector.vector_id for r in reply.results}
-                recalls.append(len(got & exact_top10(data, norms, row)) / 10)
+                exact, tenth = exact_top10(data, norms, row)
+                recalls.append(len(got & exact) / 10)
+                near.append(sum(1 - r.score <= (1 + EPSILON) * tenth for r in reply.results) / 10)
                 # A threshold above every local score: the edge asks central and merges.
                 weak = edge_pb2.SearchVectorsRequest(embedding=row.tolist(), limit=10, score_threshold=0.95)
                 t0 = time.perf_counter()
@@ -372,6 +386,8 @@ async def measure_vectors(env: Env, count: int) -> list[Sample]:
         Sample("fallback search p50", fallback_p50, "ms", "echo p50", echo_p50, fallback_p50 / echo_p50, "",
                None, extra={"central_vectors": float(central_count)}),
         Sample("recall@10 vs exact", recall, "", "exact numpy", 1.0, recall, ">= 0.98", recall >= 0.98),
+        Sample("epsilon recall@10 (1% of 10th)", statistics.mean(near), "", "exact numpy", 1.0,
+               statistics.mean(near), "", None),
     ]  # fmt: skip
 
 

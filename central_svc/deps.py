@@ -17,6 +17,7 @@ from aeterna_shared.config.model import CentralSection, VectorDatabase
 from central_svc.api.session_merge import ProtobufSessionMerger
 from central_svc.edges import EdgeRegistry
 from central_svc.episodes import EpisodicMemory
+from central_svc.ingest_gate import IngestGate
 from central_svc.policies import PolicyAuthority, PolicyHub
 from central_svc.ports import BatchLedger, SnapshotSource, VectorIndex
 from central_svc.replay import DecisionReplay
@@ -46,6 +47,8 @@ class CentralDeps:
 
     database: Database
     ledger: BatchLedger
+    ingest_gate: IngestGate
+    """The ledger's write turns (the same object as ``ledger``), for the metrics."""
     sessions: SessionSync
     vectors: VectorSync
     episodes: EpisodicMemory
@@ -83,7 +86,12 @@ def vector_index(settings: VectorDatabase, database: Database) -> VectorIndex:
 
 async def build_deps(config: AeternaConfig, database: Database) -> CentralDeps:
     """Wire the domain objects on an opened ``database`` (the listener is created, not started)."""
-    ledger = PostgresBatchLedger(database)
+    # Batches wait here for a write turn, not on the pool (``central_svc.ingest_gate``).
+    ledger = IngestGate(
+        PostgresBatchLedger(database),
+        concurrency=config.sync.ingest_concurrency or config.postgresql.pool_size,
+        wait=config.sync.ingest_wait.total_seconds(),
+    )
     policy_store = PostgresPolicyStore(database)
     hub = PolicyHub(policy_store)
     episode_store = PostgresEpisodeStore(database)
@@ -91,6 +99,7 @@ async def build_deps(config: AeternaConfig, database: Database) -> CentralDeps:
     return CentralDeps(
         database=database,
         ledger=ledger,
+        ingest_gate=ledger,
         sessions=SessionSync(ledger, PostgresSessionStore(database), ProtobufSessionMerger()),
         vectors=VectorSync(ledger, vector_index(config.vector_database, database), dimension),
         episodes=EpisodicMemory(ledger, episode_store, dimension),

@@ -1,18 +1,28 @@
-"""Central's Prometheus metrics: edge states, policy watchers, open review items and snapshot leadership.
+"""Central's Prometheus metrics: edge states, policy watchers, open review items, snapshot leadership, ingest turns.
 
 ``aeterna_snapshot_leader`` is 1 on the one replica that takes the scheduled
 snapshots (``central_svc.snapshots.SnapshotScheduler``) and 0 on the others,
 so an operator (or a cluster test) can tell which replica leads.
+
+The ingest gate's numbers (``central_svc.ingest_gate``) are read when scraped:
+``aeterna_central_ingest_in_flight`` and ``aeterna_central_ingest_waiting``
+batches, and ``aeterna_central_ingest_busy_total``, the batches answered
+RESOURCE_EXHAUSTED ``INGEST_BUSY``; a rising busy count says this replica sheds
+load (more replicas, or a larger ``postgresql.poolSize``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from central_svc.deps import CentralDeps
 from central_svc.edges import EdgeState
+from central_svc.ingest_gate import IngestGate
 from central_svc.periodic import Periodic
 
 _log = logging.getLogger(__name__)
@@ -34,6 +44,7 @@ class CentralMetrics:
             "Replayed decisions in conflict waiting for manual review (all tenants).",
             registry=registry,
         )
+        registry.register(_IngestCollector(deps.ingest_gate))
         self._schedule = Periodic("central-metrics", interval, self.refresh, first_now=True)
 
     async def refresh(self) -> None:
@@ -64,3 +75,22 @@ class CentralMetrics:
     async def stop(self) -> None:
         """Stop refreshing."""
         await self._schedule.stop()
+
+
+class _IngestCollector(Collector):
+    """The ingest gate's counts, read at scrape time."""
+
+    def __init__(self, gate: IngestGate) -> None:
+        self._gate = gate
+
+    def collect(self) -> Iterator[Metric]:
+        gate = self._gate
+        yield GaugeMetricFamily("aeterna_central_ingest_in_flight", "Batches being written now.", value=gate.in_flight)
+        yield GaugeMetricFamily(
+            "aeterna_central_ingest_waiting", "Batches waiting for a write turn now.", value=gate.waiting
+        )
+        yield CounterMetricFamily(
+            "aeterna_central_ingest_busy",
+            "Batches answered RESOURCE_EXHAUSTED (INGEST_BUSY): no write turn within sync.ingestWait.",
+            value=gate.refused,
+        )

@@ -10,6 +10,15 @@ central has it; its TTL (``cache.layers.session.ttl``) starts once it is
 synced. Session memory lives in a store that never evicts (see
 ``edge_svc.store.cache``); working memory, in its own, is the only layer that
 may be evicted.
+
+Every write of a session moves its ``last_activity`` forward by at least
+``LAST_ACTIVITY_STEP_NS`` (one microsecond), whatever the clock says. Central
+replaces a whole session only with a strictly newer ``last_activity``, and it
+keeps microseconds (PostgreSQL's ``timestamptz``): two whole-session changes
+of one session collected a few nanoseconds apart (concurrent appenders after a
+PutSession that was not synced yet) would otherwise look equally old there,
+and central would keep the first and drop the second, with the turns only it
+held (found by the loss hunt, ``tests/fault/test_loss_hunt.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +35,9 @@ from edge_svc.ports import Cache, Mutation
 from edge_svc.records import ChangeKind, JsonDict, Message, SessionRecord, now_ns
 
 MAX_KEY_BYTES = 512
+
+LAST_ACTIVITY_STEP_NS = 1_000
+"""Least step of a session's ``last_activity`` between two writes: central compares microseconds."""
 
 
 def working_key(tenant: str, key: str) -> str:
@@ -132,12 +144,20 @@ class SessionMemory:
         """Write a whole session (it replaces central's copy when it reaches central)."""
         _check_key("session.session_id", session.session_id)
         session.tenant_id = tenant
-        if not session.last_activity:
+        stamped = not session.last_activity  # the edge dates it: after every earlier write of this session
+        if stamped:
             session.last_activity = now_ns()
         _stamp(session.messages, session.last_activity)
         encoded = _encode(session)
+        now = session.last_activity
 
-        def replace(_current: bytes | None, _pending: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+        def replace(current: bytes | None, _pending: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+            session.last_activity = now
+            if stamped and current is not None:
+                held = int(json.loads(current).get("t", 0))
+                if now < held + LAST_ACTIVITY_STEP_NS:
+                    session.last_activity = held + LAST_ACTIVITY_STEP_NS
+                    return _encode(session), {"kind": ChangeKind.REPLACE.value}
             return encoded, {"kind": ChangeKind.REPLACE.value}
 
         await self._update(tenant, session.session_id, replace)
@@ -191,7 +211,7 @@ class SessionMemory:
                 pending = dict(pending)
             session.messages.extend(messages)
             session.state.update(state_patch)
-            session.last_activity = max(stamp, session.last_activity + 1)
+            session.last_activity = max(stamp, session.last_activity + LAST_ACTIVITY_STEP_NS)
             if pending["kind"] == ChangeKind.APPEND.value and state_patch:
                 patch = json.loads(pending.get("patch", "{}"))
                 patch.update(state_patch)

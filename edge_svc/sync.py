@@ -44,7 +44,10 @@ Nothing central refuses blocks a channel:
   cause is fixed. Its sequence is simply never applied: the next batch's
   ``floor_sequence`` moves central's checkpoint past it. Any other failure
   (UNAVAILABLE, deadlines, RESOURCE_EXHAUSTED, authentication) is the link's
-  or the configuration's, not the batch's, and the batch stays queued.
+  or the configuration's, not the batch's, and the batch stays queued. A
+  busy central (RESOURCE_EXHAUSTED, e.g. ``INGEST_BUSY`` from
+  ``central_svc.ingest_gate``) names a delay in its RetryInfo; the next
+  attempt waits at least that long.
 
 A channel that cannot make progress while the link is online is *degraded*
 (``degraded()``): its last ``DEGRADED_AFTER_ROUNDS`` drain rounds gave up
@@ -95,7 +98,14 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 from aeterna_shared.config import AeternaConfig
-from aeterna_shared.errors import AeternaError, AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
+from aeterna_shared.errors import (
+    AeternaError,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from edge_svc.backoff import backoff_delay
 from edge_svc.link import LinkMonitor
 from edge_svc.memory import SessionMemory
@@ -455,6 +465,7 @@ class SyncEngine:
                     break
                 health.saw(batches[0].batch_id)
                 refusal: tuple[str, str] | None = None
+                asked_wait = 0.0
                 try:
                     acks = await self._central.send(channel, batches)
                 except Exception as error:
@@ -462,6 +473,8 @@ class SyncEngine:
                     result.error = _describe(error)
                     if isinstance(error, _BATCH_REFUSALS):
                         refusal = (error.reason, error.message)
+                    if isinstance(error, ResourceExhausted):  # central is busy and said when to come back
+                        asked_wait = error.retry_after
                     _log.warning("sending %d %s batches failed: %s", len(batches), channel.value, result.error)
                     if self._metrics is not None:
                         self._metrics.send_failed(channel, len(batches))
@@ -486,7 +499,7 @@ class SyncEngine:
                     )
                     result.gave_up = True
                     break
-                await asyncio.sleep(backoff_delay(failures - 1, self.retry_base, 30.0))
+                await asyncio.sleep(max(backoff_delay(failures - 1, self.retry_base, 30.0), asked_wait))
         health.round_ended(result)
         return result
 

@@ -401,13 +401,17 @@ class SyncConfig(Section):
     listen_port: int = Field(default=8081, ge=0, le=65535)
     """Central: sync API port (0 picks a free port)."""
     max_edges: int = Field(default=1000, ge=1)
-    """Central: maximum registered edges."""
+    """Central: the fleet size planned for. Not enforced yet: central registers every edge that syncs."""
     rate_limit: str = "100/sec"
     """Central: per-edge rate limit, "<n>/sec" or "<n>/min"."""
     rate_limit_burst: int | None = Field(default=None, ge=1)
     """Token-bucket burst; unset means one second's worth."""
     max_streams_per_identity: int = Field(default=8, ge=1)
     """Maximum concurrent streams one identity may hold open."""
+    ingest_concurrency: int | None = Field(default=None, ge=1, le=10_000)
+    """Central: batches written at once (each holds one pooled connection); unset: ``postgresql.poolSize``."""
+    ingest_wait: Duration = timedelta(seconds=5)
+    """Central: the longest a batch waits for a write turn; then RESOURCE_EXHAUSTED (INGEST_BUSY) with RetryInfo."""
     rate_limit_redis_url: str | None = None
     """Central: redis:// URL of a limiter shared by several replicas; unset keeps buckets in process."""
     offline_after: Duration = timedelta(minutes=5)

@@ -19,7 +19,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from aeterna.policy.v1 import policy_pb2, policy_pb2_grpc
@@ -30,7 +30,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from aeterna_client.channel import ClientSettings, open_channel
-from aeterna_shared.errors import AeternaError, AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
+from aeterna_shared.errors import (
+    AeternaError,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from aeterna_shared.wire.canonical import sign_batch
 from edge_svc import trace_context
 from edge_svc.api import codec
@@ -78,15 +85,48 @@ def refusal_of(error: aio.AioRpcError) -> AeternaError | None:
     kind = _REFUSALS.get(error.code())
     if kind is None:
         return None
-    reason = error.code().name
+    reason = _details(error, error_details_pb2.ErrorInfo)
+    return kind(
+        f"central refused the batch: {error.code().name} {error.details()}",
+        reason=reason.reason if reason is not None and reason.reason else error.code().name,
+    )
+
+
+def busy_of(error: aio.AioRpcError) -> ResourceExhausted | None:
+    """Central's "not now" (RESOURCE_EXHAUSTED, e.g. ``INGEST_BUSY``) with the delay its RetryInfo asks for, or None.
+
+    The batch stays queued, and the sync engine waits at least ``retry_after``
+    before it sends again (a central shedding load is not hammered by backoffs
+    shorter than the one it named).
+    """
+    if error.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    info = _details(error, error_details_pb2.ErrorInfo)
+    retry = _details(error, error_details_pb2.RetryInfo)
+    return ResourceExhausted(
+        f"central is busy: {error.details()}",
+        reason=info.reason if info is not None and info.reason else "RESOURCE_EXHAUSTED",
+        retry_after=retry.retry_delay.ToTimedelta().total_seconds() if retry is not None else 1.0,
+    )
+
+
+def failure_of(error: aio.AioRpcError) -> BaseException:
+    """What ``send`` raises for a failed call: a refusal, a busy central, else the gRPC error itself."""
+    return refusal_of(error) or busy_of(error) or error
+
+
+_Detail = TypeVar("_Detail", error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo)
+
+
+def _details(error: aio.AioRpcError, kind: type[_Detail]) -> _Detail | None:
+    """The first ``kind`` among the ``google.rpc.Status`` details of a failed call, or None."""
     with contextlib.suppress(ValueError):
         status = rpc_status.from_call(error)
         for detail in status.details if status is not None else ():
-            info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info):
-                reason = info.reason or reason
-                break
-    return kind(f"central refused the batch: {error.code().name} {error.details()}", reason=reason)
+            found = kind()
+            if detail.Unpack(found):
+                return found
+    return None
 
 
 def _ack(ack: sync_pb2.BatchAck) -> Ack:
@@ -230,7 +270,7 @@ class GrpcCentral:
             except aio.AioRpcError as error:
                 if acks:
                     return acks
-                raise refusal_of(error) or error from None
+                raise failure_of(error) from None
             acks.append(_ack(reply.ack))
         return acks
 
@@ -256,7 +296,7 @@ class GrpcCentral:
                 await call.read()
         except aio.AioRpcError as error:
             if not acks:
-                raise refusal_of(error) or error from None
+                raise failure_of(error) from None
         finally:
             if not writer.done():
                 writer.cancel()

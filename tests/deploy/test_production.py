@@ -415,10 +415,11 @@ def test_alerts_use_the_real_metric_names(render: Render) -> None:
     assert "aeterna_outbox_depth{" in rules["AeternaOutboxDepthHigh"]
     assert "aeterna_dead_letters_total{" in rules["AeternaDeadLetters"]
     assert "aeterna_sync_lag_seconds{" in rules["AeternaSyncLag"]
+    assert "aeterna_central_ingest_busy_total{" in rules["AeternaCentralIngestBusy"]
     assert "AeternaReplayConflictsAwaitingReview" in rules
     # An edge-only release gets only the edge's alerts.
     edge_only = find(_render(render, "hybrid", "alerts"), "PrometheusRule")["spec"]["groups"][0]["rules"]
-    assert "AeternaEdgeOffline" not in {r["alert"] for r in edge_only}
+    assert {"AeternaEdgeOffline", "AeternaCentralIngestBusy"}.isdisjoint({r["alert"] for r in edge_only})
 
 
 # --- every production check fails, naming the value ----------------------------------

@@ -8,6 +8,7 @@ The outbox is the real SQLite one.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from aeterna_shared.config import AeternaConfig
-from aeterna_shared.errors import InvalidArgument, Unavailable
+from aeterna_shared.errors import InvalidArgument, ResourceExhausted, Unavailable
 from edge_svc.link import LinkMonitor
 from edge_svc.records import Ack, Channel, OutboxBatch
 from edge_svc.store.outbox import REFUSED_PREFIX, ChannelLimits, SqliteOutbox
@@ -118,6 +119,31 @@ async def test_refusals_of_one_batch_count_across_rounds(
     assert (second.gave_up, second.dead_lettered) == (False, 1)
     assert len(central.sent) == 5
     assert outbox.pending(Channel.EPISODES, 10) == []
+
+
+async def test_a_busy_central_is_retried_no_sooner_than_it_asked_and_keeps_the_batch(
+    engine: tuple[SyncEngine, SqliteOutbox, ScriptedCentral], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RESOURCE_EXHAUSTED (``GrpcCentral`` raises ``ResourceExhausted`` with central's RetryInfo delay) is not a
+    refusal: the batch stays queued, and the retry waits at least the delay central named, not the short backoff."""
+    sync, outbox, central = engine
+    batch = outbox.enqueue(Channel.DECISIONS, [{"id": "d1"}])
+    central.script = [ResourceExhausted("central is busy", reason="INGEST_BUSY", retry_after=7.5)]
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recorded(delay: float) -> None:
+        waits.append(delay)
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", recorded)
+    result = await sync.drain_round(Channel.DECISIONS)
+    assert central.sent == [[1], [1]]
+    assert waits == [7.5]  # the engine's own first backoff is far shorter (retry_base 0.05 s here)
+    assert (result.batches, result.dead_lettered, result.gave_up) == (1, 0, False)
+    assert outbox.pending(Channel.DECISIONS, 10) == []
+    assert outbox.dead_letter_rows(Channel.DECISIONS) == []
+    assert batch.sequence == 1
 
 
 async def test_item_failures_in_an_ack_are_dead_lettered(
