@@ -73,6 +73,8 @@ class BlockingChannel:
 
     def __init__(self, target: str, settings: ClientSettings) -> None:
         self.target = target
+        self.timeout = settings.unary_timeout
+        """Every call's deadline: the command's ``--timeout`` (``ClientSettings.unary_timeout``)."""
         self._loop = asyncio.new_event_loop()
         self.channel: aio.Channel = self._loop.run_until_complete(self._open(target, settings))
 
@@ -118,13 +120,13 @@ class EdgeClient(BlockingChannel):
         request = edge_pb2.SetWorkingMemoryRequest(key=key)
         json_format.ParseDict(value, request.value)
         request.ttl.FromNanoseconds(int(ttl_seconds * 1e9))
-        self.run(lambda: self._stub.SetWorkingMemory(request, timeout=10))
+        self.run(lambda: self._stub.SetWorkingMemory(request, timeout=self.timeout))
 
     def get_working(self, key: str) -> Any | None:
         """Read a working-memory value; None once it expired."""
         try:
             response = self.run(
-                lambda: self._stub.GetWorkingMemory(edge_pb2.GetWorkingMemoryRequest(key=key), timeout=10)
+                lambda: self._stub.GetWorkingMemory(edge_pb2.GetWorkingMemoryRequest(key=key), timeout=self.timeout)
             )
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
@@ -138,14 +140,14 @@ class EdgeClient(BlockingChannel):
         for text in texts:
             request.messages.add(role="user", content=text)
         request.state_patch.update(state)
-        response = self.run(lambda: self._stub.AppendSessionMessages(request, timeout=10))
+        response = self.run(lambda: self._stub.AppendSessionMessages(request, timeout=self.timeout))
         return response.session.checksum
 
     def get_session(self, session_id: str) -> tuple[dict[str, Any], str] | None:
         """A session as a dict and where it came from (local or central); None when absent."""
         try:
             response = self.run(
-                lambda: self._stub.GetSession(edge_pb2.GetSessionRequest(session_id=session_id), timeout=10)
+                lambda: self._stub.GetSession(edge_pb2.GetSessionRequest(session_id=session_id), timeout=self.timeout)
             )
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
@@ -157,7 +159,7 @@ class EdgeClient(BlockingChannel):
     def raw_session(self, session_id: str) -> memory_pb2.Session:
         """The session message itself, for measuring its wire size."""
         return self.run(
-            lambda: self._stub.GetSession(edge_pb2.GetSessionRequest(session_id=session_id), timeout=10)
+            lambda: self._stub.GetSession(edge_pb2.GetSessionRequest(session_id=session_id), timeout=self.timeout)
         ).session
 
     def flush(self) -> tuple[int, int, int]:
@@ -169,7 +171,7 @@ class EdgeClient(BlockingChannel):
         """Ask the edge's Cedar agent."""
         request = edge_pb2.AuthorizeRequest(principal=principal, action=action, resource=resource)
         request.context.update(context or {})
-        response = self.run(lambda: self._stub.Authorize(request, timeout=10))
+        response = self.run(lambda: self._stub.Authorize(request, timeout=self.timeout))
         return Decision(
             effect=decision_pb2.Effect.Name(response.effect).removeprefix("EFFECT_"),
             policy_version=response.policy_version,
@@ -184,14 +186,14 @@ class EdgeClient(BlockingChannel):
         for vector_id, values, payload in vectors:
             vector = request.vectors.add(vector_id=vector_id, values=list(values))
             vector.payload.update(payload)
-        return self.run(lambda: self._stub.UpsertVectors(request, timeout=30)).upserted
+        return self.run(lambda: self._stub.UpsertVectors(request, timeout=self.timeout)).upserted
 
     def search(self, embedding: Sequence[float], limit: int, threshold: float) -> SearchResult:
         """Search the edge (which may ask central)."""
         response = self.run(
             lambda: self._stub.SearchVectors(
                 edge_pb2.SearchVectorsRequest(embedding=list(embedding), limit=limit, score_threshold=threshold),
-                timeout=30,
+                timeout=self.timeout,
             )
         )
         return SearchResult(
@@ -203,7 +205,7 @@ class EdgeClient(BlockingChannel):
 
     def status(self) -> EdgeStatus:
         """The edge's status."""
-        response = self.run(lambda: self._stub.GetEdgeStatus(edge_pb2.GetEdgeStatusRequest(), timeout=10))
+        response = self.run(lambda: self._stub.GetEdgeStatus(edge_pb2.GetEdgeStatusRequest(), timeout=self.timeout))
         return EdgeStatus(
             agent_id=response.agent_id,
             region=response.region,
@@ -241,12 +243,14 @@ class CentralClient(BlockingChannel):
         request = policy_pb2.PublishPoliciesRequest(entities_json=json.dumps(entities or []))
         for policy_id, text in policies.items():
             request.policies.add(policy_id=policy_id, text=text)
-        return self.run(lambda: self._policy.PublishPolicies(request, timeout=30)).bundle.version
+        return self.run(lambda: self._policy.PublishPolicies(request, timeout=self.timeout)).bundle.version
 
     def has_session(self, session_id: str) -> bool:
         """Whether central holds the session."""
         try:
-            self.run(lambda: self._sync.GetSession(sync_pb2.GetSessionRequest(session_id=session_id), timeout=10))
+            self.run(
+                lambda: self._sync.GetSession(sync_pb2.GetSessionRequest(session_id=session_id), timeout=self.timeout)
+            )
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return False
@@ -257,7 +261,9 @@ class CentralClient(BlockingChannel):
         """Conflicts flagged for manual review."""
         state = sync_pb2.CONFLICT_STATE_PENDING if pending_only else sync_pb2.CONFLICT_STATE_UNSPECIFIED
         response = self.run(
-            lambda: self._sync.ListConflicts(sync_pb2.ListConflictsRequest(state=state, page_size=100), timeout=10)
+            lambda: self._sync.ListConflicts(
+                sync_pb2.ListConflictsRequest(state=state, page_size=100), timeout=self.timeout
+            )
         )
         return [
             Conflict(
@@ -276,7 +282,7 @@ class CentralClient(BlockingChannel):
         response = self.run(
             lambda: self._sync.ResolveConflict(
                 sync_pb2.ResolveConflictRequest(conflict_id=conflict_id, resolution=resolution, note=note),
-                timeout=10,
+                timeout=self.timeout,
             )
         )
         return response.conflict.resolved_by
@@ -285,7 +291,7 @@ class CentralClient(BlockingChannel):
         """The current policy bundle version; 0 when none was published."""
         try:
             response = self.run(
-                lambda: self._policy.GetPolicyBundle(policy_pb2.GetPolicyBundleRequest(version=0), timeout=10)
+                lambda: self._policy.GetPolicyBundle(policy_pb2.GetPolicyBundleRequest(version=0), timeout=self.timeout)
             )
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
@@ -295,7 +301,9 @@ class CentralClient(BlockingChannel):
 
     def edges(self) -> list[dict[str, Any]]:
         """Every registered edge: agent id, region, state and incarnation (more than one: re-provisioned)."""
-        response = self.run(lambda: self._sync.ListEdges(sync_pb2.ListEdgesRequest(page_size=100), timeout=10))
+        response = self.run(
+            lambda: self._sync.ListEdges(sync_pb2.ListEdgesRequest(page_size=100), timeout=self.timeout)
+        )
         return [
             {
                 "agentId": edge.agent_id,

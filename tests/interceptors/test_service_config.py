@@ -28,6 +28,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from grpc import aio
 from grpc_health.v1 import health_pb2
 
+from aeterna_cli.api.clients import status_of
 from aeterna_client import service_config
 from aeterna_client.channel import ClientSettings, open_channel
 from edge_svc.api.central_client import GrpcCentral
@@ -379,6 +380,52 @@ async def test_deadlines_without_a_config_timeout_and_without_the_config(flaky_e
     (status,) = servicer.calls["GetEdgeStatus"].time_remaining
     assert status is not None
     assert 30 < status <= 45.5
+
+
+class AnsweringCentral(sync_pb2_grpc.SyncServiceServicer, policy_pb2_grpc.PolicyServiceServicer):
+    """Answers what ``aeterna status`` asks central (no EdgeService: UNIMPLEMENTED, as central does)."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, Attempts] = {}
+
+    def _attempt(self, name: str, context: aio.ServicerContext[Any, Any]) -> None:
+        self.calls.setdefault(name, Attempts()).record(context)
+
+    async def ListEdges(
+        self, request: sync_pb2.ListEdgesRequest, context: aio.ServicerContext[Any, Any]
+    ) -> sync_pb2.ListEdgesResponse:
+        self._attempt("ListEdges", context)
+        return sync_pb2.ListEdgesResponse()
+
+    async def ListConflicts(
+        self, request: sync_pb2.ListConflictsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> sync_pb2.ListConflictsResponse:
+        self._attempt("ListConflicts", context)
+        return sync_pb2.ListConflictsResponse()
+
+    async def GetPolicyBundle(
+        self, request: policy_pb2.GetPolicyBundleRequest, context: aio.ServicerContext[Any, Any]
+    ) -> policy_pb2.GetPolicyBundleResponse:
+        self._attempt("GetPolicyBundle", context)
+        return policy_pb2.GetPolicyBundleResponse(bundle=policy_pb2.PolicyBundle(version=3))
+
+
+async def test_the_status_commands_timeout_is_the_deadline_of_centrals_calls_too(serve: Serve) -> None:
+    """``aeterna status --timeout 2.5`` against central: the fallback calls carry that deadline, not their own."""
+    servicer = AnsweringCentral()  # type: ignore[abstract]  # partial servicer, see flaky_edge
+
+    def add(server: aio.Server) -> None:
+        sync_pb2_grpc.add_SyncServiceServicer_to_server(servicer, server)
+        policy_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, server)
+
+    port = await serve(add)
+    status = await asyncio.to_thread(status_of, f"127.0.0.1:{port}", ClientSettings(unary_timeout=2.5))
+    assert (status["role"], status["policyVersion"], status["edges"]) == ("central", 3, [])
+    deadlines = {name: attempts.time_remaining for name, attempts in servicer.calls.items()}
+    assert set(deadlines) == {"ListEdges", "ListConflicts", "GetPolicyBundle"}
+    for name, (remaining,) in deadlines.items():
+        assert remaining is not None, name
+        assert remaining <= 2.6, name  # gRPC rounds the deadline it sends up a little
 
 
 async def test_a_pinned_channel_takes_the_timeouts_but_does_not_retry(serve: Serve, tls_material: TlsMaterial) -> None:
