@@ -13,7 +13,9 @@ Order of operations is what makes it crash-safe:
 2. a drain sends the oldest batches of a channel in sequence order, signed at
    send time, and deletes each batch only when its ack arrives;
 3. on every (re)connect the engine asks central for its checkpoints, drops
-   what central already applied, and drains the rest in order;
+   what central already applied (under the channel's lock, so that a send in
+   flight settles its ack, and the ack's refused items, first), and drains
+   the rest in order;
 4. only once central acknowledged a session's change does the session's
    local copy get its TTL (or, for a partial copy started offline, go), and
    only if it did not change again meanwhile: until then it can neither
@@ -609,7 +611,12 @@ class SyncEngine:
             _log.warning("could not read central's checkpoints, resending from the outbox: %s", error)
             checkpoints = {}
         for channel, sequence in checkpoints.items():
-            if sequence:
+            if not sequence:
+                continue
+            # Under the channel's lock: a drain in flight, whose batch central applied before it
+            # answered the checkpoints, settles that batch's ack first and moves the items central
+            # refused to the dead letters; without the lock this drop removed the batch with them.
+            async with self._locks[channel]:
                 if channel is Channel.SESSIONS:
                     # Applied at central although their acks were lost: their sessions may expire too.
                     held = await asyncio.to_thread(self._outbox.pending, channel, _WINDOW * 32)

@@ -200,3 +200,41 @@ async def test_an_oldest_batch_that_does_not_move_degrades_its_channel(
     now[0] += max(STUCK_AFTER_SECONDS, sync._stuck_after[Channel.EPISODES]) + 1
     reasons: dict[Any, str] = sync.degraded()
     assert "has not moved for" in reasons[Channel.EPISODES]
+
+
+async def test_a_reconnect_checkpoint_does_not_drop_a_batch_whose_ack_is_settling(
+    engine: tuple[SyncEngine, SqliteOutbox, ScriptedCentral],
+) -> None:
+    """Found in CI (``test_poison.py``'s item refusals, 0 dead letters instead of 3): right after the link
+    came up, a drain's batch was applied at central and the reconnect's checkpoint request saw it before the
+    drain had settled the ack; the checkpoint drop removed the batch, and the items central had refused in
+    it were neither dead-lettered nor counted."""
+    sync, outbox, central = engine
+    batch = outbox.enqueue(Channel.VECTORS, [{"id": "v1"}, {"id": "v2"}])
+    central.item_failures[batch.sequence] = (("v2", "BAD_VECTOR", "vector has 8 dimensions"),)
+    applied, answer = asyncio.Event(), asyncio.Event()
+    answered = central.send
+
+    async def applied_then_held(channel: Channel, batches: Sequence[OutboxBatch]) -> list[Ack]:
+        acks = await answered(channel, batches)
+        applied.set()  # central has committed the batch: its checkpoint now says 1
+        await answer.wait()
+        return acks
+
+    async def checkpoints() -> dict[Channel, int]:
+        return {Channel.VECTORS: batch.sequence}
+
+    central.send = applied_then_held  # type: ignore[method-assign]
+    central.checkpoints = checkpoints  # type: ignore[method-assign]
+    sync.retry_base = 0.0  # resume's jitter
+    drain = asyncio.create_task(sync.drain_round(Channel.VECTORS))
+    await applied.wait()
+    resume = asyncio.create_task(sync.resume())
+    await asyncio.sleep(0.2)  # resume reads the checkpoints and reaches its drop
+    answer.set()
+    result = await drain
+    await resume
+    assert (result.batches, result.items, result.dead_lettered) == (1, 1, 1)
+    [row] = outbox.dead_letter_rows(Channel.VECTORS)
+    assert (row.items, row.reason) == ([{"id": "v2"}], REFUSED_PREFIX + "BAD_VECTOR")
+    assert outbox.pending(Channel.VECTORS, 10) == []
