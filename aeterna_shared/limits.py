@@ -59,6 +59,9 @@ MAX_TEXT_BYTES = 1024 * 1024
 """Free text: an episode's content, a message's content."""
 MAX_JSON_BYTES = 1024 * 1024
 """One JSON document (metadata, payload, state, context), encoded."""
+MAX_HELD_BATCH_IDS = 256
+"""Batch ids one ``GetSyncCheckpoint`` may ask central's stored acks for (an edge names its oldest unacked
+batches, ``MAX_HELD_BATCH_IDS // 4`` per channel)."""
 MAX_JSON_DEPTH = 24
 """Nesting levels of one JSON document (objects and arrays). Protobuf decoders stop at 100 nested
 messages and each level of a ``Struct`` costs three (Struct, map entry, Value): 24 levels leave room

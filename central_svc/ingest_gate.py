@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Sequence
 
 from aeterna_shared.errors import ResourceExhausted
-from central_svc.batches import Ack, BatchMeta
+from central_svc.batches import Ack, BatchMeta, Channel
 from central_svc.ports import Apply, BatchLedger
 
 BUSY_REASON = "INGEST_BUSY"
@@ -80,3 +81,9 @@ class IngestGate:
     async def checkpoints(self, agent_id: str, incarnation_id: str = "") -> dict[int, int]:
         """The ledger's checkpoints (a read, not gated)."""
         return await self._ledger.checkpoints(agent_id, incarnation_id)
+
+    async def stored_acks(
+        self, agent_id: str, incarnation_id: str, batch_ids: Sequence[str]
+    ) -> list[tuple[Channel, Ack]]:
+        """The ledger's stored acks (a read, not gated)."""
+        return await self._ledger.stored_acks(agent_id, incarnation_id, batch_ids)

@@ -20,12 +20,12 @@ knows what it really is.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
-from central_svc.batches import Ack, BatchMeta, DecisionResult, ItemFailure
+from central_svc.batches import Ack, BatchMeta, Channel, DecisionResult, ItemFailure
 
 if TYPE_CHECKING:
     # Value types of the domain that cross the ports (the domain modules import this module at run time).
@@ -75,6 +75,15 @@ class BatchLedger(Protocol):
 
     async def checkpoints(self, agent_id: str, incarnation_id: str = "") -> dict[int, int]:
         """Channel -> contiguous checkpoint of ``agent_id``'s incarnation ``incarnation_id``."""
+        ...
+
+    async def stored_acks(
+        self, agent_id: str, incarnation_id: str, batch_ids: Sequence[str]
+    ) -> list[tuple[Channel, Ack]]:
+        """The stored acks (as DUPLICATE) of those ``batch_ids`` this incarnation applied, in the order named.
+
+        Ids of batches never applied, or of another agent's or incarnation's batches, are left out.
+        """
         ...
 
 

@@ -16,6 +16,7 @@ from typing import Protocol
 from edge_svc.records import (
     Ack,
     Channel,
+    Checkpoints,
     JsonDict,
     OutboxBatch,
     PolicyBundleRecord,
@@ -166,6 +167,10 @@ class Outbox(Protocol):
         """The oldest ``limit`` batches of ``channel``, in sequence order."""
         ...
 
+    def held(self, channel: Channel, limit: int) -> list[tuple[int, str]]:
+        """(sequence, batch id) of the oldest ``limit`` batches of ``channel``, in sequence order."""
+        ...
+
     def contains(self, channel: Channel, sequence: int) -> bool:
         """True while the batch is still queued."""
         ...
@@ -245,8 +250,9 @@ class Central(Protocol):
         """True when central's health service answers SERVING within ``deadline_seconds``."""
         ...
 
-    async def checkpoints(self) -> dict[Channel, int]:
-        """Central's highest contiguous applied sequence per channel for this edge."""
+    async def checkpoints(self, held: Mapping[Channel, Sequence[str]]) -> Checkpoints:
+        """Central's highest contiguous applied sequence per channel for this edge, and the stored acks
+        of those ``held`` batches (ids of batches still queued, per channel) that central applied."""
         ...
 
     async def send(self, channel: Channel, batches: Sequence[OutboxBatch]) -> list[Ack]:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import base64
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -337,3 +338,13 @@ class Ack:
     failed: int
     checkpoint: int
     failures: tuple[tuple[str, str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Central's answer to a reconnecting edge."""
+
+    sequences: Mapping[Channel, int]
+    """Per channel, the highest contiguous sequence central applied."""
+    acks: Mapping[Channel, Sequence[Ack]] = field(default_factory=dict)
+    """The stored acks of the held batches the edge named that central had applied (their acks were lost)."""

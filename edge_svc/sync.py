@@ -12,10 +12,12 @@ Order of operations is what makes it crash-safe:
    message id), never loses one;
 2. a drain sends the oldest batches of a channel in sequence order, signed at
    send time, and deletes each batch only when its ack arrives;
-3. on every (re)connect the engine asks central for its checkpoints, drops
-   what central already applied (under the channel's lock, so that a send in
-   flight settles its ack, and the ack's refused items, first), and drains
-   the rest in order;
+3. on every (re)connect the engine asks central for its checkpoints and for
+   the stored acks of the oldest batches it still holds (``_settle_applied``):
+   a batch central applied although its ack was lost is settled from its
+   stored ack (the items central refused in it go to the dead letters), the
+   rest at or below the checkpoint is dropped, all under the channel's lock
+   (a send in flight settles its own ack first); then it drains in order;
 4. only once central acknowledged a session's change does the session's
    local copy get its TTL (or, for a partial copy started offline, go), and
    only if it did not change again meanwhile: until then it can neither
@@ -83,9 +85,12 @@ it; what the commit survives is the mode's.
 
 Neither survives the loss of the disk.
 
-One limitation stays: a batch that central applied but whose ack was lost is
-dropped by the checkpoint on reconnect; if central refused some of its items,
-the edge never learns which (central logged them).
+A batch whose ack was lost is not resent when central answers its stored ack
+on reconnect; only a held batch beyond the oldest ``MAX_HELD_BATCH_IDS / 4``
+of its channel is dropped by the checkpoint unseen (if central refused items
+in it, central logged them). A named batch central did not answer for (an
+older central, or a reply past its size budget) is sent again and answered
+DUPLICATE with the same ack.
 """
 
 from __future__ import annotations
@@ -97,8 +102,9 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from aeterna_shared import limits
 from aeterna_shared.config import AeternaConfig
 from aeterna_shared.errors import (
     AeternaError,
@@ -116,6 +122,7 @@ from edge_svc.ports import REFUSED_PREFIX, Central, Outbox
 from edge_svc.records import (
     Ack,
     Channel,
+    Checkpoints,
     DecisionRecord,
     EpisodeRecord,
     JsonDict,
@@ -127,6 +134,8 @@ _log = logging.getLogger(__name__)
 
 # Batches sent per round trip window on one stream.
 _WINDOW = 32
+# Oldest held batches per channel whose stored acks a reconnecting edge asks central for.
+_NAMED_PER_CHANNEL = limits.MAX_HELD_BATCH_IDS // len(Channel)
 # How long a drain of the decisions channel waits to gather more decisions.
 _DECISION_DRAIN_DELAY = 0.05
 # process mode: how long journaled decisions wait to be moved into a batch together (their callers do not wait).
@@ -605,31 +614,62 @@ class SyncEngine:
         await asyncio.sleep(random.uniform(0, min(self.retry_base, 0.5)))
         if not self._link.online:
             return
+        named = {
+            channel: await asyncio.to_thread(self._outbox.held, channel, _NAMED_PER_CHANNEL) for channel in Channel
+        }
         try:
-            checkpoints = await self._central.checkpoints()
+            answer = await self._central.checkpoints(
+                {c: [batch_id for _, batch_id in held] for c, held in named.items()}
+            )
         except Exception as error:
             _log.warning("could not read central's checkpoints, resending from the outbox: %s", error)
-            checkpoints = {}
-        for channel, sequence in checkpoints.items():
-            if not sequence:
-                continue
-            # Under the channel's lock: a drain in flight, whose batch central applied before it
-            # answered the checkpoints, settles that batch's ack first and moves the items central
-            # refused to the dead letters; without the lock this drop removed the batch with them.
-            async with self._locks[channel]:
-                if channel is Channel.SESSIONS:
-                    # Applied at central although their acks were lost: their sessions may expire too.
-                    held = await asyncio.to_thread(self._outbox.pending, channel, _WINDOW * 32)
-                    await self._release_sessions([b for b in held if b.sequence <= sequence])
-                dropped = await asyncio.to_thread(self._outbox.ack, channel, [], sequence)
-                if dropped:
-                    _log.info(
-                        "%s: %d items were already applied at central (checkpoint %d)", channel, dropped, sequence
-                    )
+            answer = Checkpoints({})
+        for channel in Channel:
+            if answer.sequences.get(channel, 0) or answer.acks.get(channel):
+                await self._settle_applied(channel, answer, named[channel])
         await self.collect_sessions()
         await self.commit_decisions()
         for channel in _DRAIN_ORDER:
             await self.drain(channel)
+
+    async def _settle_applied(self, channel: Channel, answer: Checkpoints, named: Sequence[tuple[int, str]]) -> None:
+        """Remove what central applied although its acks were lost (step 3 of the order above).
+
+        The batches whose stored acks central answered are settled like any ack (the items it
+        refused go to the dead letters); a named batch at or below the checkpoint that central did
+        not answer for stays, to be sent again and answered DUPLICATE with its ack; the rest at or
+        below the checkpoint goes. Under the channel's lock: a send in flight, whose batch central
+        applied before answering, settles its own ack first.
+        """
+        sequence = answer.sequences.get(channel, 0)
+        acks = answer.acks.get(channel, ())
+        async with self._locks[channel]:
+            still = dict(await asyncio.to_thread(self._outbox.held, channel, _NAMED_PER_CHANNEL))
+            stored = [ack for ack in acks if still.get(ack.sequence) == ack.batch_id]
+            answered = {ack.batch_id for ack in acks}
+            unanswered = [s for s, batch_id in named if s <= sequence and batch_id not in answered and s in still]
+            floor = min([sequence, *(s - 1 for s in unanswered)])
+            held: list[OutboxBatch] = []
+            if channel is Channel.SESSIONS:
+                held = await asyncio.to_thread(self._outbox.pending, channel, _WINDOW * 32)
+            result = DrainResult()
+            if stored:
+                await self._settle(channel, [replace(ack, checkpoint=floor) for ack in stored], result)
+            dropped = await asyncio.to_thread(self._outbox.ack, channel, [], floor) if floor else 0
+            if channel is Channel.SESSIONS:
+                # Applied at central: their sessions' local copies may expire too.
+                settled = {ack.sequence for ack in stored}
+                await self._release_sessions([b for b in held if b.sequence <= floor or b.sequence in settled])
+        if stored or dropped:
+            _log.info(
+                "%s: %d batches applied at central whose acks were lost settled from central's stored acks "
+                "(%d items to the dead letters), %d more items dropped at checkpoint %d",
+                channel.value,
+                len(stored),
+                result.dead_lettered,
+                dropped,
+                floor,
+            )
 
     async def flush(self) -> FlushResult:
         """Collect and send everything now; Unavailable while offline, or when a channel made no progress."""

@@ -35,6 +35,9 @@ _T = TypeVar("_T")
 
 Context = aio.ServicerContext[Any, Any]
 
+_STORED_ACKS_BYTES = 1024 * 1024
+"""How much of a ``GetSyncCheckpoint`` reply the stored acks may take (a named batch left out can be resent)."""
+
 _SessionBatch = tuple[Identity, BatchMeta, list[SessionRecord], list[SessionAppendRecord]]
 """A session batch ready for ``SessionSync.ingest``: the caller, the admitted header and the items."""
 
@@ -106,15 +109,35 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
     async def GetSyncCheckpoint(
         self, request: sync_pb2.GetSyncCheckpointRequest, context: Context
     ) -> sync_pb2.GetSyncCheckpointResponse:
-        """The caller's checkpoints, for the incarnation asked for."""
+        """The caller's checkpoints, for the incarnation asked for, and the stored acks of the batches it named.
+
+        The acks are the caller's own (agent id and incarnation), in the order named, and stop
+        before the reply passes ``_STORED_ACKS_BYTES``: what is left out can be sent again.
+        """
         check_incarnation_id(request.incarnation_id, "incarnation_id")
-        checkpoints = await self._deps.ledger.checkpoints(current_identity().agent_id, request.incarnation_id)
-        return sync_pb2.GetSyncCheckpointResponse(
+        named = list(request.held_batch_ids)
+        if len(named) > limits.MAX_HELD_BATCH_IDS:
+            raise InvalidArgument.for_field(
+                "held_batch_ids", f"names {len(named)} batches; at most {limits.MAX_HELD_BATCH_IDS} per call"
+            )
+        for index, batch_id in enumerate(named):
+            limits.check_id(batch_id, f"held_batch_ids[{index}]")
+        agent_id = current_identity().agent_id
+        checkpoints = await self._deps.ledger.checkpoints(agent_id, request.incarnation_id)
+        reply = sync_pb2.GetSyncCheckpointResponse(
             checkpoints=[
                 sync_pb2.ChannelCheckpoint(channel=sync_pb2.SyncChannel.ValueType(channel), sequence=sequence)
                 for channel, sequence in checkpoints.items()
             ]
         )
+        size = reply.ByteSize()
+        for channel, ack in await self._deps.ledger.stored_acks(agent_id, request.incarnation_id, named):
+            wire = self._ack(ack, channel)
+            size += wire.ByteSize() + 8
+            if size > _STORED_ACKS_BYTES:
+                break
+            reply.acks.append(wire)
+        return reply
 
     # --- vectors ----------------------------------------------------------------------
 

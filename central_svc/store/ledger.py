@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from psycopg import AsyncCursor
 
-from central_svc.batches import Ack, BatchMeta, advance_checkpoint, make_ack, reused_batch_id
+from central_svc.batches import Ack, BatchMeta, Channel, advance_checkpoint, make_ack, reused_batch_id
 from central_svc.ports import Apply
 from central_svc.store.database import Connection, Database
 
@@ -170,6 +170,26 @@ class PostgresBatchLedger:
                 (agent_id, incarnation_id),
             )
             return {int(channel): int(value) for channel, value in await cursor.fetchall()}
+
+    async def stored_acks(
+        self, agent_id: str, incarnation_id: str, batch_ids: Sequence[str]
+    ) -> list[tuple[Channel, Ack]]:
+        """The stored acks (as DUPLICATE, with the channel's checkpoint now) of the named batches applied."""
+        if not batch_ids:
+            return []
+        async with self._database.connection() as connection:
+            cursor = await connection.execute(
+                "SELECT b.batch_id, b.channel, b.ack, c.contiguous FROM sync_batches b"
+                " LEFT JOIN sync_checkpoints c ON c.agent_id = b.agent_id AND c.incarnation_id = b.incarnation_id"
+                " AND c.channel = b.channel"
+                " WHERE b.batch_id = ANY(%s) AND b.agent_id = %s AND b.incarnation_id = %s AND b.ack IS NOT NULL",
+                (list(batch_ids), agent_id, incarnation_id),
+            )
+            found = {
+                str(batch_id): (Channel(channel), Ack.from_bytes(bytes(ack)).as_duplicate(int(checkpoint or 0)))
+                for batch_id, channel, ack, checkpoint in await cursor.fetchall()
+            }
+        return [found[batch_id] for batch_id in dict.fromkeys(batch_ids) if batch_id in found]
 
 
 def _touch_edge(agent_id: str, tenant_id: str, region: str, *, synced: bool) -> tuple[str, tuple[object, ...]]:

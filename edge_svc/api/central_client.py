@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -44,6 +44,7 @@ from edge_svc.api import codec
 from edge_svc.records import (
     Ack,
     Channel,
+    Checkpoints,
     DecisionRecord,
     EpisodeRecord,
     OutboxBatch,
@@ -226,14 +227,20 @@ class GrpcCentral:
         self._silent_checks = 0
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
-    async def checkpoints(self) -> dict[Channel, int]:
-        """GetSyncCheckpoint of this edge's incarnation."""
+    async def checkpoints(self, held: Mapping[Channel, Sequence[str]]) -> Checkpoints:
+        """GetSyncCheckpoint of this edge's incarnation, naming the ``held`` batches (central's stored acks)."""
+        channel_of = {batch_id: channel for channel, ids in held.items() for batch_id in ids}
         reply = await self._sync.GetSyncCheckpoint(
-            sync_pb2.GetSyncCheckpointRequest(incarnation_id=self._incarnation),
+            sync_pb2.GetSyncCheckpointRequest(incarnation_id=self._incarnation, held_batch_ids=list(channel_of)),
             metadata=self._metadata,
             timeout=self._timeout,
         )
-        return {_FROM_CHANNEL[c.channel]: int(c.sequence) for c in reply.checkpoints if c.channel in _FROM_CHANNEL}
+        acks: dict[Channel, list[Ack]] = {}
+        for ack in reply.acks:
+            if ack.batch_id in channel_of:  # central answers only what was named
+                acks.setdefault(channel_of[ack.batch_id], []).append(_ack(ack))
+        sequences = {_FROM_CHANNEL[c.channel]: int(c.sequence) for c in reply.checkpoints if c.channel in _FROM_CHANNEL}
+        return Checkpoints(sequences, acks)
 
     async def send(self, channel: Channel, batches: Sequence[OutboxBatch]) -> list[Ack]:
         """Sessions and vectors pipeline on a bidi stream; decisions and episodes go one call per batch.
@@ -275,15 +282,12 @@ class GrpcCentral:
         return acks
 
     async def _stream(self, method: Any, requests: list[Any]) -> list[Ack]:
-        call = method(metadata=self._metadata, timeout=self._timeout * max(1, len(requests) // 8 + 1))
+        # The requests go as an iterator, written by grpc's own task while the acks are read. Not with
+        # ``call.write``: through client interceptors that proxies writes via a queue, and when central
+        # ends the call before ``done_writing`` (a refusal, a busy central) grpc's writer task waits on
+        # that queue for ever, to be destroyed pending at the next garbage collection.
+        call = method(iter(requests), metadata=self._metadata, timeout=self._timeout * max(1, len(requests) // 8 + 1))
         acks: list[Ack] = []
-
-        async def write_all() -> None:
-            for request in requests:
-                await call.write(request)
-            await call.done_writing()
-
-        writer = asyncio.get_running_loop().create_task(write_all())
         try:
             while len(acks) < len(requests):
                 reply = await call.read()
@@ -298,14 +302,6 @@ class GrpcCentral:
             if not acks:
                 raise failure_of(error) from None
         finally:
-            if not writer.done():
-                writer.cancel()
-            # The writer fails when the call ended under it (central answered an error, or closed the
-            # connection after its maxConnectionAge grace): the call's status, read above, says why.
-            with contextlib.suppress(
-                asyncio.CancelledError, asyncio.InvalidStateError, aio.AioRpcError, aio.UsageError
-            ):
-                await writer
             call.cancel()
         return acks
 

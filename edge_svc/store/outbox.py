@@ -404,6 +404,15 @@ class SqliteOutbox:
             OutboxBatch(channel, int(seq), bid, float(created), json.loads(blob)) for seq, bid, created, blob in rows
         ]
 
+    def held(self, channel: Channel, limit: int) -> list[tuple[int, str]]:
+        """(sequence, batch id) of the oldest ``limit`` batches of ``channel``, in sequence order."""
+        with self._reading("held"):
+            rows = self._db.execute(
+                "SELECT sequence, batch_id FROM batches WHERE channel = ? ORDER BY sequence LIMIT ?",
+                (channel.value, limit),
+            ).fetchall()
+        return [(int(sequence), str(batch_id)) for sequence, batch_id in rows]
+
     def contains(self, channel: Channel, sequence: int) -> bool:
         """True while the batch is still queued."""
         with self._reading("contains"):

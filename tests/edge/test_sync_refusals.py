@@ -9,16 +9,17 @@ The outbox is the real SQLite one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from aeterna_shared import limits
 from aeterna_shared.config import AeternaConfig
 from aeterna_shared.errors import InvalidArgument, ResourceExhausted, Unavailable
 from edge_svc.link import LinkMonitor
-from edge_svc.records import Ack, Channel, OutboxBatch
+from edge_svc.records import Ack, Channel, Checkpoints, OutboxBatch
 from edge_svc.store.outbox import REFUSED_PREFIX, ChannelLimits, SqliteOutbox
 from edge_svc.sync import DEGRADED_AFTER_ROUNDS, STUCK_AFTER_SECONDS, SyncEngine
 from tests.edge.conftest import closed_port, edge_document
@@ -34,6 +35,11 @@ class ScriptedCentral:
         self.item_failures: dict[int, tuple[tuple[str, str, str], ...]] = {}
         self.script: list[Exception | None] = []
         """Errors for the next sends, in order (None: answer normally)."""
+        self.applied: dict[Channel, int] = {}
+        """The checkpoints ``checkpoints`` answers."""
+        self.stored: dict[Channel, list[Ack]] = {}
+        """The stored acks ``checkpoints`` answers (as central does, only those of batches named)."""
+        self.named: list[dict[Channel, Sequence[str]]] = []
 
     async def send(self, channel: Channel, batches: Sequence[OutboxBatch]) -> list[Ack]:
         self.sent.append([b.sequence for b in batches])
@@ -54,8 +60,9 @@ class ScriptedCentral:
             )
         return acks
 
-    async def checkpoints(self) -> dict[Channel, int]:
-        return {}
+    async def checkpoints(self, held: Mapping[Channel, Sequence[str]]) -> Checkpoints:
+        self.named.append(dict(held))
+        return Checkpoints(dict(self.applied), {c: list(a) for c, a in self.stored.items()})
 
 
 async def _never_probed(_timeout: float) -> bool:
@@ -221,11 +228,8 @@ async def test_a_reconnect_checkpoint_does_not_drop_a_batch_whose_ack_is_settlin
         await answer.wait()
         return acks
 
-    async def checkpoints() -> dict[Channel, int]:
-        return {Channel.VECTORS: batch.sequence}
-
     central.send = applied_then_held  # type: ignore[method-assign]
-    central.checkpoints = checkpoints  # type: ignore[method-assign]
+    central.applied = {Channel.VECTORS: batch.sequence}
     sync.retry_base = 0.0  # resume's jitter
     drain = asyncio.create_task(sync.drain_round(Channel.VECTORS))
     await applied.wait()
@@ -238,3 +242,45 @@ async def test_a_reconnect_checkpoint_does_not_drop_a_batch_whose_ack_is_settlin
     [row] = outbox.dead_letter_rows(Channel.VECTORS)
     assert (row.items, row.reason) == ([{"id": "v2"}], REFUSED_PREFIX + "BAD_VECTOR")
     assert outbox.pending(Channel.VECTORS, 10) == []
+
+
+async def test_a_batch_whose_ack_was_lost_is_settled_from_centrals_stored_ack(
+    engine: tuple[SyncEngine, SqliteOutbox, ScriptedCentral],
+) -> None:
+    """Central applied batches 1 and 2 but their acks were lost. On reconnect the edge names what it holds;
+    central answers the stored ack of 1, with the item it refused, and not (an older central, or a reply
+    cut at its size budget) that of 2: 1 is settled and its refused item dead-lettered, 2 is sent again
+    (central answers DUPLICATE), 3 is sent for the first time. Nothing is dropped unseen."""
+    sync, outbox, central = engine
+    first = outbox.enqueue(Channel.VECTORS, [{"id": "v1"}, {"id": "v2"}])
+    second = outbox.enqueue(Channel.VECTORS, [{"id": "v3"}])
+    third = outbox.enqueue(Channel.VECTORS, [{"id": "v4"}])
+    failure = ("v2", "BAD_VECTOR", "vector has 8 dimensions, central is configured for 16")
+    central.applied = {Channel.VECTORS: 2}
+    central.stored = {Channel.VECTORS: [Ack(1, first.batch_id, 1, 1, 2, (failure,))]}
+    sync.retry_base = 0.0
+    await sync.resume()
+    assert central.named[0][Channel.VECTORS] == [first.batch_id, second.batch_id, third.batch_id]
+    assert central.sent == [[2, 3]]
+    [row] = outbox.dead_letter_rows(Channel.VECTORS)
+    assert (row.batch_id, row.items, row.reason) == (first.batch_id, [{"id": "v2"}], REFUSED_PREFIX + "BAD_VECTOR")
+    assert outbox.pending(Channel.VECTORS, 10) == []
+
+
+async def test_without_stored_acks_the_checkpoint_still_drops_what_was_not_named(
+    engine: tuple[SyncEngine, SqliteOutbox, ScriptedCentral],
+) -> None:
+    """Batches beyond the ones named (the oldest ``MAX_HELD_BATCH_IDS / 4`` per channel) go by the checkpoint."""
+    sync, outbox, central = engine
+    named = limits.MAX_HELD_BATCH_IDS // len(Channel)
+    for n in range(named + 2):
+        outbox.enqueue(Channel.DECISIONS, [{"id": f"d{n}"}])
+    central.applied = {Channel.DECISIONS: named + 1}
+    held = outbox.pending(Channel.DECISIONS, named)
+    central.stored = {Channel.DECISIONS: [Ack(b.sequence, b.batch_id, 1, 0, named + 1) for b in held]}
+    sync.retry_base = 0.0
+    await sync.resume()
+    assert len(central.named[0][Channel.DECISIONS]) == named
+    assert central.sent == [[named + 2]]  # only the batch above the checkpoint
+    assert outbox.dead_letter_rows(Channel.DECISIONS) == []
+    assert outbox.pending(Channel.DECISIONS, 10) == []

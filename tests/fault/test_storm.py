@@ -26,7 +26,7 @@ import collections
 import contextlib
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -41,7 +41,7 @@ from edge_svc.api.central_client import GrpcCentral
 from edge_svc.deps import central_link, outbox_limits
 from edge_svc.link import LinkMonitor
 from edge_svc.memory import SessionMemory
-from edge_svc.records import Ack, Channel, Message, OutboxBatch, SessionRecord
+from edge_svc.records import Ack, Channel, Checkpoints, Message, OutboxBatch, SessionRecord
 from edge_svc.store.cache import RedisCache
 from edge_svc.store.outbox import SqliteOutbox
 from edge_svc.sync import SyncEngine
@@ -76,9 +76,9 @@ class ObservedCentral(GrpcCentral):
         self.acks.extend(acks)
         return acks
 
-    async def checkpoints(self) -> dict[Channel, int]:
-        found = await super().checkpoints()
-        self.checkpoints_read.append(found.get(Channel.SESSIONS, 0))
+    async def checkpoints(self, held: Mapping[Channel, Sequence[str]]) -> Checkpoints:
+        found = await super().checkpoints(held)
+        self.checkpoints_read.append(found.sequences.get(Channel.SESSIONS, 0))
         return found
 
     async def check_health(self, deadline_seconds: float) -> bool:

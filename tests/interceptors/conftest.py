@@ -150,6 +150,29 @@ class ShapeCalls:
     stream_stream: aio.StreamStreamMultiCallable[bytes, bytes]
 
 
+class Outgoing:
+    """A stream's requests, sent one at a time (``send``) until ``close``.
+
+    For lock-step streams instead of ``call.write``: through client interceptors grpc proxies
+    writes over a queue, and when the server ends the call first (a refusal) grpc's writer task
+    waits on that queue for ever, to be destroyed pending at some later garbage collection, which
+    pytest then reports in whichever test is running. Closing ``Outgoing`` ends that task.
+    """
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def send(self, message: bytes) -> None:
+        self._queue.put_nowait(message)
+
+    def close(self) -> None:
+        self._queue.put_nowait(None)
+
+    async def requests(self) -> AsyncIterator[bytes]:
+        while (message := await self._queue.get()) is not None:
+            yield message
+
+
 def shape_calls(channel: aio.Channel) -> ShapeCalls:
     """``ShapeCalls`` on ``channel``."""
     return ShapeCalls(

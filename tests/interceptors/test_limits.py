@@ -20,6 +20,7 @@ from aeterna_client.credentials import ApiKeyCredentials, NoCredentials
 from interceptors.authenticators import hash_api_key
 from interceptors.ratelimit import RedisTokenBucketLimiter, TokenBucketLimiter, limiter_from_config
 from tests.interceptors.conftest import (
+    Outgoing,
     ServeFactory,
     edge_config,
     error_reason,
@@ -135,18 +136,20 @@ async def test_stream_messages_count(serve: ServeFactory, tls_material: TlsMater
     running = await serve(_server(tls_material, tmp_path, {"rateLimit": "1/sec", "rateLimitBurst": 5}))
     async with _channel(tls_material, running.port, "edge-a") as channel:
         # Lock-step like the edge's sync (send a batch, await its ack).
-        call = shape_calls(channel).stream_stream()
+        outgoing = Outgoing()
+        call = shape_calls(channel).stream_stream(outgoing.requests())
         echoed = 0
 
         async def lock_step() -> None:
             nonlocal echoed
             for _ in range(50):
-                await call.write(b"m")
+                outgoing.send(b"m")
                 assert await call.read() == b"m"
                 echoed += 1
 
         with pytest.raises(grpc.RpcError) as raised:
             await lock_step()
+        outgoing.close()
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_reason(raised.value) == "RATE_LIMITED"
     # One token for opening the stream, one per message: four messages fit in a burst of five.
@@ -156,31 +159,35 @@ async def test_stream_messages_count(serve: ServeFactory, tls_material: TlsMater
 async def test_concurrent_streams_per_identity(serve: ServeFactory, tls_material: TlsMaterial, tmp_path: Path) -> None:
     running = await serve(_server(tls_material, tmp_path, {"maxStreamsPerIdentity": 2}))
     async with _channel(tls_material, running.port, "edge-a") as a, _channel(tls_material, running.port, "edge-b") as b:
-        open_streams = []
-        for _ in range(2):
-            call = shape_calls(a).stream_stream()
-            await call.write(b"x")
-            assert await call.read() == b"x"
-            open_streams.append(call)
-        third = shape_calls(a).stream_stream()
-        await third.write(b"x")
-        with pytest.raises(grpc.RpcError) as raised:
-            await third.read()
-        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert error_reason(raised.value) == "TOO_MANY_STREAMS"
-        # Another identity is not affected.
-        other = shape_calls(b).stream_stream()
-        await other.write(b"y")
-        assert await other.read() == b"y"
-        await other.done_writing()
-        # Closing one frees a slot.
-        await open_streams[0].done_writing()
-        assert await open_streams[0].read() == aio.EOF
-        again = shape_calls(a).stream_stream()
-        await again.write(b"z")
-        assert await again.read() == b"z"
-        for call in (open_streams[1], again):
-            await call.done_writing()
+        outgoing: list[Outgoing] = []
+
+        def open_stream(channel: aio.Channel, first: bytes) -> Any:
+            outgoing.append(Outgoing())
+            outgoing[-1].send(first)
+            return shape_calls(channel).stream_stream(outgoing[-1].requests())
+
+        try:
+            open_streams = []
+            for _ in range(2):
+                call = open_stream(a, b"x")
+                assert await call.read() == b"x"
+                open_streams.append(call)
+            third = open_stream(a, b"x")
+            with pytest.raises(grpc.RpcError) as raised:
+                await third.read()
+            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert error_reason(raised.value) == "TOO_MANY_STREAMS"
+            # Another identity is not affected.
+            other = open_stream(b, b"y")
+            assert await other.read() == b"y"
+            # Closing one frees a slot.
+            outgoing[0].close()
+            assert await open_streams[0].read() == aio.EOF
+            again = open_stream(a, b"z")
+            assert await again.read() == b"z"
+        finally:
+            for requests in outgoing:
+                requests.close()
 
 
 async def test_all_four_shapes_authenticate(serve: ServeFactory, tls_material: TlsMaterial, tmp_path: Path) -> None:

@@ -489,7 +489,7 @@ async def test_the_edges_channel_to_central_retries_with_the_service_config(
     central = GrpcCentral(link, incarnation_id="inc-1")
     try:
         # A unary call: what the edge asks on every reconnect.
-        assert await central.checkpoints() == {Channel.SESSIONS: 41}
+        assert (await central.checkpoints({})).sequences == {Channel.SESSIONS: 41}
         # A server stream, retried before its first message: the policy watch.
         bundles = central.watch_policies(known_version=0)
         first = await anext(bundles)

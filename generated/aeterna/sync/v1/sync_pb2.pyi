@@ -918,18 +918,30 @@ class GetSyncCheckpointRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INCARNATION_ID_FIELD_NUMBER: _builtins.int
+    HELD_BATCH_IDS_FIELD_NUMBER: _builtins.int
     incarnation_id: _builtins.str
     """The incarnation whose checkpoints are asked for (see
     `BatchHeader.incarnation_id`); empty for an edge without incarnations.
     """
+    @_builtins.property
+    def held_batch_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Batches the edge still holds without an ack (at most 256): central
+        answers the ack it stored for each of them that it applied, in
+        `GetSyncCheckpointResponse.acks`, so that the items it refused in a batch
+        whose ack was lost still reach the edge's dead letters. Ids of batches
+        central did not apply, or of another edge's batches, are left out of the
+        answer.
+        """
+
     def __init__(
         self,
         *,
         incarnation_id: _builtins.str = ...,
+        held_batch_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["incarnation_id", b"incarnation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["held_batch_ids", b"held_batch_ids", "incarnation_id", b"incarnation_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -968,18 +980,28 @@ class GetSyncCheckpointResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    ACKS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChannelCheckpoint]:
         """One entry per channel."""
+
+    @_builtins.property
+    def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchAck]:
+        """The stored acks (status `ACK_STATUS_DUPLICATE`) of the batches named in
+        `held_batch_ids` that central applied, in the order named, up to about
+        1 MiB; a named batch left out (and at or below its checkpoint) can be
+        sent again, and is answered DUPLICATE with the same ack.
+        """
 
     def __init__(
         self,
         *,
         checkpoints: _abc.Iterable[Global___ChannelCheckpoint] | None = ...,
+        acks: _abc.Iterable[Global___BatchAck] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints", b"checkpoints"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "checkpoints", b"checkpoints"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
