@@ -614,9 +614,7 @@ class SyncEngine:
         await asyncio.sleep(random.uniform(0, min(self.retry_base, 0.5)))
         if not self._link.online:
             return
-        named = {
-            channel: await asyncio.to_thread(self._outbox.held, channel, _NAMED_PER_CHANNEL) for channel in Channel
-        }
+        named = await asyncio.to_thread(lambda: {c: self._outbox.held(c, _NAMED_PER_CHANNEL) for c in Channel})
         try:
             answer = await self._central.checkpoints(
                 {c: [batch_id for _, batch_id in held] for c, held in named.items()}
@@ -644,30 +642,34 @@ class SyncEngine:
         sequence = answer.sequences.get(channel, 0)
         acks = answer.acks.get(channel, ())
         async with self._locks[channel]:
-            still = dict(await asyncio.to_thread(self._outbox.held, channel, _NAMED_PER_CHANNEL))
+            held: list[OutboxBatch] = []
+            if channel is Channel.SESSIONS:  # their sessions are released below
+                held = await asyncio.to_thread(self._outbox.pending, channel, _WINDOW * 32)
+                still = {b.sequence: b.batch_id for b in held}
+            elif acks or any(s <= sequence for s, _ in named):  # what a drain meanwhile settled is not held
+                still = dict(await asyncio.to_thread(self._outbox.held, channel, _NAMED_PER_CHANNEL))
+            else:
+                still = {}
             stored = [ack for ack in acks if still.get(ack.sequence) == ack.batch_id]
             answered = {ack.batch_id for ack in acks}
             unanswered = [s for s, batch_id in named if s <= sequence and batch_id not in answered and s in still]
             floor = min([sequence, *(s - 1 for s in unanswered)])
-            held: list[OutboxBatch] = []
-            if channel is Channel.SESSIONS:
-                held = await asyncio.to_thread(self._outbox.pending, channel, _WINDOW * 32)
             result = DrainResult()
-            if stored:
+            if stored:  # one commit: the settled batches, their refused items, and the drop up to ``floor``
                 await self._settle(channel, [replace(ack, checkpoint=floor) for ack in stored], result)
-            dropped = await asyncio.to_thread(self._outbox.ack, channel, [], floor) if floor else 0
+            elif floor:
+                result.items = await asyncio.to_thread(self._outbox.ack, channel, [], floor)
             if channel is Channel.SESSIONS:
                 # Applied at central: their sessions' local copies may expire too.
                 settled = {ack.sequence for ack in stored}
                 await self._release_sessions([b for b in held if b.sequence <= floor or b.sequence in settled])
-        if stored or dropped:
+        if result.batches or result.items:
             _log.info(
-                "%s: %d batches applied at central whose acks were lost settled from central's stored acks "
-                "(%d items to the dead letters), %d more items dropped at checkpoint %d",
+                "%s: applied at central although their acks were lost: %d batches settled from central's "
+                "stored acks (%d items to the dead letters), the rest up to checkpoint %d dropped",
                 channel.value,
                 len(stored),
                 result.dead_lettered,
-                dropped,
                 floor,
             )
 
